@@ -1,0 +1,121 @@
+"""Backbone checkpoints: safetensors tensors + a JSON config. Loading never unpickles.
+
+A checkpoint is a directory:
+  config.json        {"format": "peterrec-backbone", "version": 1, "backbone": {...}, "pretraining": {...}}
+  model.safetensors  backbone.* tensors and the pretraining output layer (output.*)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from peterrec.backbone import Backbone
+from peterrec.config import BackboneConfig
+
+FORMAT = "peterrec-backbone"
+VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read; the message names the file."""
+
+
+@contextmanager
+def atomic_directory(path: Path, force: bool = False):
+    """Yield a temporary sibling directory; rename it to `path` only if the block succeeds."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not force:
+        raise FileExistsError(f"{path} already exists and is not empty (pass --force to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_checkpoint(path: Path, backbone: Backbone, output_layer: torch.nn.Module | None = None,
+                    info: dict | None = None, force: bool = False) -> Path:
+    tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    if output_layer is not None:
+        tensors.update({f"output.{k}": v for k, v in output_layer.state_dict().items()})
+    config = {"format": FORMAT, "version": VERSION, "backbone": backbone.config.to_dict(),
+              "fingerprint": fingerprint(backbone), **(info or {})}
+    with atomic_directory(Path(path), force=force) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return Path(path)
+
+
+def read_checkpoint_config(path: Path) -> dict:
+    config_path = Path(path) / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{config_path}: not found (is {path} a backbone checkpoint directory?)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{config_path}: field 'format' is {config.get('format')!r}, expected {FORMAT!r}")
+    if config.get("version", 0) > VERSION:
+        raise CheckpointError(f"{config_path}: format version {config['version']} is newer than this "
+                              f"package reads ({VERSION}); upgrade peterrec-orchestra")
+    return config
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint (CPU), read with safetensors only."""
+    model_path = Path(path) / "model.safetensors"
+    try:
+        return load_file(str(model_path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{model_path}: not found") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{model_path}: not a readable safetensors file ({e})") from None
+
+
+def load_backbone(path: Path, device: torch.device | str = "cpu") -> tuple[Backbone, dict]:
+    """(Backbone with pretrained weights, checkpoint config)."""
+    config = read_checkpoint_config(path)
+    backbone = Backbone(BackboneConfig.from_dict(config["backbone"]))
+    tensors = load_tensors(path)
+    state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{Path(path) / 'model.safetensors'}: tensors do not fit the config ({e})") from None
+    return backbone.to(device), config
+
+
+def fingerprint(backbone: Backbone | dict[str, torch.Tensor], config: BackboneConfig | None = None) -> str:
+    """SHA-256 over the backbone's tensors (name, dtype, shape, bytes, in name order) and its config."""
+    if isinstance(backbone, Backbone):
+        config, state = backbone.config, backbone.state_dict()
+    else:
+        state = backbone
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config.to_dict() if config else None, sort_keys=True).encode())
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def backbone_arrays(backbone: Backbone) -> dict[str, np.ndarray]:
+    """The backbone as plain numpy arrays (what Ray's object store shares zero-copy)."""
+    return {k: v.detach().cpu().numpy() for k, v in backbone.state_dict().items()}

@@ -1,0 +1,102 @@
+"""Validated configuration dataclasses for the backbone and the model patches."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+def _check(problems: list[str], owner: str) -> None:
+    if problems:
+        raise ValueError(f"invalid {owner}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Shape of a NextItNet-style dilated-CNN backbone."""
+
+    vocab_size: int  # item ids 0..vocab_size-1, 0 is padding; one extra row is the [MASK] token
+    channels: int = 64  # embedding width C, kept through every block
+    kernel_size: int = 3
+    dilations: tuple[int, ...] = (1, 4, 1, 4)  # one per residual block; a block covers d and 2d
+    causal: bool = True  # True: NextItNet (left padding only); False: GRec encoder (symmetric)
+    pad_id: int = 0
+    max_len: int = 50  # sequences are cut to their most recent max_len items
+
+    def __post_init__(self):
+        object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        problems = []
+        if self.vocab_size < 2:
+            problems.append(f"vocab_size must be >= 2 (got {self.vocab_size})")
+        if self.channels < 1:
+            problems.append(f"channels must be >= 1 (got {self.channels})")
+        if self.kernel_size < 1:
+            problems.append(f"kernel_size must be >= 1 (got {self.kernel_size})")
+        if not self.causal and self.kernel_size % 2 == 0:
+            problems.append("a non-causal backbone needs an odd kernel_size (symmetric padding)")
+        if not self.dilations or any(d < 1 for d in self.dilations):
+            problems.append(f"dilations must be a non-empty list of positive ints (got {list(self.dilations)})")
+        if not 0 <= self.pad_id < self.vocab_size:
+            problems.append(f"pad_id must lie in 0..vocab_size-1 (got {self.pad_id})")
+        if self.max_len < 1:
+            problems.append(f"max_len must be >= 1 (got {self.max_len})")
+        _check(problems, "BackboneConfig")
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def arch(self) -> str:
+        return "causal" if self.causal else "noncausal"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dilations"] = list(self.dilations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BackboneConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"invalid BackboneConfig: unknown fields {unknown}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """A model patch: x -> x + W_up(GELU(W_down(x))) with a C/ratio bottleneck."""
+
+    bottleneck_ratio: int = 4  # bottleneck width = channels // ratio (paper: C/4)
+    cardinality: int = 1  # ResNeXt-style: that many parallel bottlenecks of width/cardinality, summed
+    insertion: str = "serial"  # "serial": on each conv's output; "parallel": beside each conv
+    train_layernorm2: bool = True  # the reference code also trains each block's second LayerNorm
+    init_std: float = 1e-3  # W_up starts this small, so a fresh patch is near identity
+
+    def __post_init__(self):
+        problems = []
+        if self.bottleneck_ratio < 1:
+            problems.append(f"bottleneck_ratio must be >= 1 (got {self.bottleneck_ratio})")
+        if self.cardinality < 1:
+            problems.append(f"cardinality must be >= 1 (got {self.cardinality})")
+        if self.insertion not in ("serial", "parallel"):
+            problems.append(f"insertion must be 'serial' or 'parallel' (got {self.insertion!r})")
+        if self.init_std < 0:
+            problems.append(f"init_std must be >= 0 (got {self.init_std})")
+        _check(problems, "PatchConfig")
+
+    def width(self, channels: int) -> int:
+        width = channels // self.bottleneck_ratio
+        if width < self.cardinality or width % self.cardinality:
+            raise ValueError(
+                f"invalid PatchConfig: bottleneck width {width} (= {channels} // {self.bottleneck_ratio}) "
+                f"must be a positive multiple of cardinality {self.cardinality}"
+            )
+        return width
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PatchConfig":
+        return cls(**d)

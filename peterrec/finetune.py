@@ -1,0 +1,145 @@
+"""Fine-tuning recipe for one task: data -> task model -> train (one loop) -> evaluate.
+
+The in-process CLI, the Ray workers and the Tune trials all call finetune_task(); they differ only in
+where the backbone comes from and where progress goes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from peterrec.backbone import Backbone
+from peterrec.config import PatchConfig
+from peterrec.efficiency import ParamReport, param_report
+from peterrec.metrics import accuracy, parse_metric, rank_metrics_for, sample_negatives
+from peterrec.modes import TaskModel, build_task_model
+from peterrec.training import Progress, TrainConfig, TrainResult, train
+
+EVAL_BATCH = 512
+
+
+@dataclass
+class FinetuneSettings:
+    """Everything that shapes one fine-tuning run besides the data."""
+
+    mode: str = "peterrec"
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=64, lr=1e-3))
+    finelast_blocks: int = 1
+    representation: str = "auto"
+    eval_negatives: int = 99  # the paper's protocol; 0 = full ranking over the target vocabulary
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "patch": self.patch.to_dict(), "train": self.train.to_dict(),
+                "finelast_blocks": self.finelast_blocks, "representation": self.representation,
+                "eval_negatives": self.eval_negatives}
+
+
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
+PATCH_KEYS = {f.name for f in fields(PatchConfig)}
+TOP_KEYS = {"mode", "finelast_blocks", "representation", "eval_negatives"}
+OVERRIDE_KEYS = TRAIN_KEYS | PATCH_KEYS | TOP_KEYS
+
+
+def with_overrides(settings: FinetuneSettings, overrides: dict) -> FinetuneSettings:
+    """Settings with per-task overrides (a task spec's [task.overrides] or a Tune config) applied."""
+    unknown = sorted(set(overrides) - OVERRIDE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown hyper-parameter override(s) {unknown}; known: {sorted(OVERRIDE_KEYS)}")
+    pick = lambda keys: {k: v for k, v in overrides.items() if k in keys}  # noqa: E731
+    return replace(settings, **pick(TOP_KEYS), patch=replace(settings.patch, **pick(PATCH_KEYS)),
+                   train=replace(settings.train, **pick(TRAIN_KEYS)))
+
+
+def task_arrays(task_data, sequences, part: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(items (N, max_len) left-padded, labels (N,)) of one split of a task."""
+    rows, labels = task_data.part(part)
+    return sequences.padded(rows, max_len), np.asarray(labels, dtype=np.int64)
+
+
+class TaskEvaluator:
+    """Scores one split of a task with the task's metric; candidates are fixed once, so every mode
+    and every evaluation ranks against the same negatives."""
+
+    def __init__(self, kind: str, metric: str, num_outputs: int, items: np.ndarray, labels: np.ndarray,
+                 negatives: int = 99, seed: int = 0):
+        self.kind, self.metric = kind, metric
+        self.base, self.k = parse_metric(metric)
+        self.items = torch.as_tensor(items)
+        self.labels = torch.as_tensor(labels)
+        self.negatives = None
+        if kind == "coldrec" and negatives:
+            self.negatives = torch.as_tensor(sample_negatives(labels, num_outputs, negatives, seed))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @torch.no_grad()
+    def scores(self, model: TaskModel) -> torch.Tensor:
+        device = next(model.parameters()).device
+        parts = [model.scores(self.items[i:i + EVAL_BATCH].to(device)).float().cpu()
+                 for i in range(0, len(self.items), EVAL_BATCH)]
+        return torch.cat(parts) if parts else torch.empty(0)
+
+    def evaluate(self, model: TaskModel) -> dict[str, float]:
+        """All metrics for this split; the task metric is under its own name."""
+        if len(self) == 0:
+            return {self.metric: float("nan")}
+        was_training = model.training
+        model.eval()
+        scores = self.scores(model)
+        model.train(was_training)
+        if self.kind == "classify":
+            return {"accuracy": accuracy(scores, self.labels)}
+        return rank_metrics_for(scores, self.labels, self.negatives, self.k)
+
+    def value(self, model: TaskModel) -> float:
+        return self.evaluate(model)[self.metric]
+
+
+@dataclass
+class FinetuneOutcome:
+    model: TaskModel
+    metric: str
+    value: float  # the task metric on the test split
+    valid: dict[str, float]
+    test: dict[str, float]
+    params: ParamReport
+    result: TrainResult
+
+    def summary(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "valid": self.valid, "test": self.test,
+                **self.params.to_dict(), "steps": self.result.steps, "seconds": self.result.seconds,
+                "samples_per_s": self.result.samples_per_s}
+
+
+def finetune_task(backbone: Backbone, task_spec, task_data, sequences, settings: FinetuneSettings,
+                  device: torch.device | None = None,
+                  on_progress: Callable[[Progress], bool | None] | None = None) -> FinetuneOutcome:
+    """Fine-tune one task over `backbone` (never modified) and evaluate it on valid and test."""
+    settings = with_overrides(settings, task_spec.overrides or {})
+    device = device or next(backbone.parameters()).device
+    max_len = backbone.config.max_len
+    train_items, train_labels = task_arrays(task_data, sequences, "train", max_len)
+    if len(train_labels) == 0:
+        raise ValueError(f"task {task_spec.name!r} has no training rows")
+    evaluators = {
+        part: TaskEvaluator(task_spec.kind, task_spec.metric, task_spec.num_outputs,
+                            *task_arrays(task_data, sequences, part, max_len),
+                            negatives=settings.eval_negatives, seed=settings.train.seed + i)
+        for i, part in enumerate(("valid", "test"))
+    }
+    model = build_task_model(backbone, task_spec.kind, task_spec.num_outputs, settings.mode, settings.patch,
+                             settings.finelast_blocks, settings.representation, seed=settings.train.seed)
+    valid = evaluators["valid"]
+    result = train(model, (train_items, train_labels), settings.train, device,
+                   evaluate=(lambda: valid.value(model)) if len(valid) else None,
+                   on_progress=on_progress, loss_fn=model.loss)
+    valid_metrics = valid.evaluate(model)
+    test_metrics = evaluators["test"].evaluate(model)
+    return FinetuneOutcome(model, task_spec.metric, test_metrics[task_spec.metric], valid_metrics,
+                           test_metrics, param_report(model), result)

@@ -1,0 +1,171 @@
+"""The one training loop behind pretraining, fine-tuning and Tune trials.
+
+They differ only in the module and its loss function (the loss of one batch), the arrays
+they feed and the evaluation they ask for. Progress goes to a callback after every logged step, so
+the orchestrator, the CLI and the UI can follow it and ask it to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None  # stops early when reached, whatever the epochs
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = 5.0
+    seed: int = 0
+    bf16: bool = False  # autocast to bfloat16; only takes effect on CUDA
+    eval_every: int = 0  # steps between evaluations; 0 = at the end of each epoch
+    log_every: int = 10  # steps between progress callbacks
+    keep_best: bool = True  # with an evaluation: restore the trained weights of the best one
+
+    def __post_init__(self):
+        problems = [f"{n} must be >= 1 (got {v})" for n, v in
+                    (("epochs", self.epochs), ("batch_size", self.batch_size), ("log_every", self.log_every))
+                    if v < 1]
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1 (got {self.max_steps})")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0 (got {self.lr})")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    def total_steps(self, n_samples: int) -> int:
+        steps = self.epochs * math.ceil(n_samples / self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    samples_per_s: float
+    metric: float | None = None  # latest validation metric, if any
+    done: bool = False
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    best_metric: float | None
+    seconds: float
+    samples_per_s: float
+    stopped: bool = False  # the callback asked to stop
+    history: list[dict] = field(default_factory=list)  # one row per evaluation
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator):
+    """Shuffled index batches over one epoch."""
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig,
+          device: torch.device | None = None,
+          evaluate: Callable[[], float] | None = None,
+          on_progress: Callable[[Progress], bool | None] | None = None,
+          loss_fn: Callable[..., torch.Tensor] | None = None) -> TrainResult:
+    """Minimise loss_fn(*batch) (default: module(*batch)) over shuffled batches of `arrays`
+    (aligned along axis 0), training the parameters of `module` that require grad.
+
+    `evaluate` returns a validation metric (higher is better); `on_progress` may return True to stop.
+    """
+    loss_fn = loss_fn or module
+    device = device or pick_device()
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: the module has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    tensors = [torch.as_tensor(a) for a in arrays]
+    n = len(tensors[0])
+    total = config.total_steps(n)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
+
+    step, loss_value, best, best_state, metric = 0, float("nan"), None, None, None
+    history, stopped, seen = [], False, 0
+    start = time.perf_counter()
+
+    def run_eval(epoch: int):
+        nonlocal best, best_state, metric
+        module.eval()
+        with torch.no_grad():
+            metric = float(evaluate())
+        module.train()
+        history.append({"step": step, "epoch": epoch, "loss": loss_value, "metric": metric})
+        if best is None or metric > best:
+            best = metric
+            if config.keep_best:
+                best_state = [p.detach().clone() for p in params]
+
+    def report(epoch: int, done: bool = False) -> bool:
+        if on_progress is None:
+            return False
+        rate = seen / max(time.perf_counter() - start, 1e-9)
+        return bool(on_progress(Progress(step, total, epoch, loss_value, rate, metric, done)))
+
+    module.train()
+    for epoch in range(config.epochs):
+        for index in batches(n, config.batch_size, generator):
+            batch = [t[index].to(device, non_blocking=True) for t in tensors]
+            with autocast:
+                loss = loss_fn(*batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            step += 1
+            seen += len(index)
+            loss_value = loss.item()
+            if evaluate is not None and config.eval_every and step % config.eval_every == 0:
+                run_eval(epoch)
+            if (step % config.log_every == 0 or step == total) and report(epoch):
+                stopped = True
+            if stopped or step >= total:
+                break
+        if stopped:
+            break
+        if evaluate is not None and not config.eval_every:
+            run_eval(epoch)
+        if step >= total:
+            break
+    if evaluate is not None and not history:
+        run_eval(epoch)
+    if best_state is not None:
+        with torch.no_grad():
+            for p, saved in zip(params, best_state):
+                p.copy_(saved)
+    seconds = time.perf_counter() - start
+    module.eval()
+    report(epoch, done=True)
+    return TrainResult(step, loss_value, best, seconds, seen / max(seconds, 1e-9), stopped, history)
