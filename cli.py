@@ -24,6 +24,17 @@ COMMANDS = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and shows a default wherever there is a meaningful one."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "%(default)" not in help_text and action.default not in (None, False, argparse.SUPPRESS) \
+                and action.option_strings:
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peterrec",
@@ -37,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=module.HELP,
             description=getattr(module, "DESCRIPTION", module.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(command)
         command.set_defaults(_run=module.run)

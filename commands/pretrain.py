@@ -1,13 +1,106 @@
-"""`peterrec pretrain`: not implemented yet."""
+"""`peterrec pretrain`: pretrain a backbone on users' item sequences and save a checkpoint."""
 
-from commands._unavailable import not_available
+from __future__ import annotations
 
-HELP = "(not available yet: [core] issue)"
+HELP = "pretrain a causal (next item) or non-causal (cloze) backbone on item sequences"
+DESCRIPTION = """Pretrain one backbone on the source domain's item sequences and save it as a checkpoint
+directory (model.safetensors + config.json). A causal backbone (NextItNet) learns next-item prediction;
+a non-causal one (GRec encoder) learns to fill in masked items. Example:
+
+  python cli.py pretrain --data data/demo --out runs/demo/backbone --epochs 3"""
 
 
 def add_arguments(parser):
-    pass
+    from commands._common import add_train_flags
+
+    parser.add_argument("--data", required=True,
+                        help="a data directory (with tasks.toml), a task spec .toml, or a sequences .parquet")
+    parser.add_argument("--out", required=True, help="checkpoint directory to write")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    arch = parser.add_argument_group("backbone")
+    arch.add_argument("--arch", choices=["causal", "noncausal"], default="causal",
+                      help="causal: NextItNet, next-item objective; noncausal: GRec encoder, cloze objective")
+    arch.add_argument("--channels", type=int, default=64, help="embedding / hidden width C")
+    arch.add_argument("--dilations", default="1,4,1,4",
+                      help="comma-separated dilation per residual block (each block covers d and 2d)")
+    arch.add_argument("--kernel", type=int, default=3, help="convolution kernel size")
+    arch.add_argument("--max-len", type=int, default=50, help="most recent items kept per sequence")
+    arch.add_argument("--sampled-softmax", type=int, default=0, metavar="S",
+                      help="train against S sampled negatives instead of the full softmax (large catalogues)")
+    parser.add_argument("--valid-fraction", type=float, default=0.05, help="share of users held out for the loss")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="data-parallel workers; 1 runs in this process (Ray Train comes with the "
+                             "orchestrator)")
+    add_train_flags(parser, epochs=3, batch_size=64, lr=1e-3)
 
 
-def run(args):
-    return not_available("pretrain", "[core]")
+def load_sequences(data: str):
+    """(sequences, vocab_size) from a data dir, a spec or a sequences Parquet file."""
+    from pathlib import Path
+
+    from tasks import load_spec, read_sequences
+
+    path = Path(data)
+    if path.suffix == ".parquet":
+        sequences = read_sequences(path)
+        return sequences, sequences.vocab_size
+    from commands._common import resolve_spec
+
+    spec = load_spec(resolve_spec(path))
+    return read_sequences(spec.sequences, spec.vocab_size), spec.vocab_size
+
+
+def run(args) -> int:
+    from commands._common import fail, user_errors
+
+    if args.workers != 1:
+        return fail("--workers > 1 (Ray Train) is not available yet: it comes with the [orchestrator] issue")
+    with user_errors():
+        return pretrain_in_process(args)
+
+
+def pretrain_in_process(args) -> int:
+    from pathlib import Path
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from commands._common import TrainingBar, train_config_from, training_progress
+    from peterrec.checkpoint import save_checkpoint
+    from peterrec.config import BackboneConfig
+    from peterrec.efficiency import count_parameters
+    from peterrec.pretrain import pretrain
+    from peterrec.training import pick_device
+
+    console = Console()
+    sequences, vocab_size = load_sequences(args.data)
+    dilations = tuple(int(d) for d in str(args.dilations).split(",") if d.strip())
+    config = BackboneConfig(vocab_size=vocab_size, channels=args.channels, kernel_size=args.kernel,
+                            dilations=dilations, causal=args.arch == "causal", max_len=args.max_len)
+    train_config = train_config_from(args)
+    device = pick_device(args.device)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"{out} already exists and is not empty (pass --force to replace it)")
+    console.print(f"pretraining a {config.arch} backbone on {len(sequences):,} users, {vocab_size - 1:,} items, "
+                  f"device {device}")
+    with training_progress(console) as progress:
+        outcome = pretrain(sequences, config, train_config, args.sampled_softmax, device, args.valid_fraction,
+                           on_progress=TrainingBar(progress, "pretrain"))
+    info = {"pretraining": {"objective": "next-item" if config.causal else "cloze",
+                            "sampled_softmax": args.sampled_softmax, "train": train_config.to_dict(),
+                            "users": len(sequences), "steps": outcome.result.steps,
+                            "valid_loss_before": outcome.valid_loss_before,
+                            "valid_loss_after": outcome.valid_loss_after}}
+    save_checkpoint(out, outcome.backbone, outcome.objective.output, info, force=args.force)
+    table = Table(title="pretraining summary", show_header=False)
+    for key, value in [("checkpoint", str(out)), ("architecture", config.arch),
+                       ("backbone parameters", f"{count_parameters(outcome.backbone):,}"),
+                       ("steps", f"{outcome.result.steps:,}"), ("seconds", f"{outcome.result.seconds:.1f}"),
+                       ("samples/s", f"{outcome.result.samples_per_s:,.0f}"),
+                       ("validation loss", f"{outcome.valid_loss_before:.4f} -> {outcome.valid_loss_after:.4f}")]:
+        table.add_row(key, value)
+    console.print(table)
+    return 0
