@@ -29,8 +29,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         help_text = action.help or ""
-        if "%(default)" not in help_text and action.default not in (None, False, argparse.SUPPRESS) \
-                and action.option_strings:
+        default = action.default
+        shown = not (default is None or default is False or default == argparse.SUPPRESS)
+        if "%(default)" not in help_text and shown and action.option_strings:
             help_text += " (default: %(default)s)"
         return help_text
 
