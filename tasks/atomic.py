@@ -1,0 +1,69 @@
+"""Atomic output directories: build everything in a temporary sibling, rename into place at the end."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from tasks.errors import OutputExistsError
+
+
+def check_output_free(out: str | Path, force: bool) -> None:
+    """Refuse an existing non-empty `out` unless `force` (then it will be replaced)."""
+    out = Path(out)
+    if force or not out.exists():
+        return
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    raise OutputExistsError(out, "is a file" if not out.is_dir() else "exists and is not empty")
+
+
+@contextmanager
+def staged_directory(out: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory next to `out`; on success it becomes `out`.
+
+    On any error the temporary directory, and any parent directories this call created, are
+    removed, and an existing `out` is left as it was: nothing half-written is ever visible.
+    """
+    out = Path(out).absolute()
+    check_output_free(out, force)
+    created = [p for p in reversed(out.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield staging
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for parent in reversed(created):
+            _remove_if_empty(parent)
+        raise
+
+
+def _replace(staging: Path, out: Path) -> None:
+    if not out.exists():
+        staging.rename(out)
+        return
+    # Move the old output aside first, so a failed rename never loses both copies.
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    old.rmdir()
+    out.rename(old)
+    try:
+        staging.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass

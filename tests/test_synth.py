@@ -1,0 +1,96 @@
+"""The synthetic world: deterministic, a mix of task kinds, labels that follow the sequences."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cli
+from tasks import load_job
+from tasks.synth import synthesize
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return synthesize(tmp_path_factory.mktemp("synth") / "data", tasks=8, users=300, items=120, seed=5)
+
+
+def file_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_files(tmp_path):
+    kwargs = dict(tasks=4, users=200, items=100)
+    first = synthesize(tmp_path / "a", seed=1, **kwargs).parent
+    second = synthesize(tmp_path / "b", seed=1, **kwargs).parent
+    other = synthesize(tmp_path / "c", seed=2, **kwargs).parent
+
+    a, b, c = file_bytes(first), file_bytes(second), file_bytes(other)
+    assert a.keys() == b.keys()
+    for name in a:
+        if name != "tasks.toml":  # its header names the output folder
+            assert a[name] == b[name], name
+    assert a["source/sequences.parquet"] != c["source/sequences.parquet"]
+
+
+def test_tiny_world_is_fast(tmp_path):
+    synthesize(tmp_path / "warm", tasks=1, users=20, items=10)  # first-use imports of pyarrow modules
+    started = time.perf_counter()
+    synthesize(tmp_path / "data", tasks=4, users=200, items=100, seed=0)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_kind_mix_and_shapes(world):
+    job, sequences, tasks = load_job(world)
+    kinds = [t.kind for t in job.tasks]
+    assert kinds.count("coldrec") == 2 and kinds.count("classify") == 6
+    classes = [t.num_classes for t in job.tasks if t.kind == "classify"]
+    assert 2 in classes and any(3 <= k <= 8 for k in classes)
+    assert len(sequences) == 300 and sequences.vocab_size == 121
+    assert 20 <= sequences.lengths.min() and sequences.lengths.max() <= 50
+    for spec in job.tasks:
+        data = tasks[spec.name]
+        users = np.unique(data.rows)
+        assert 0.35 * 300 <= len(users) <= 300, "each task covers 40..100% of users"
+        if spec.kind == "coldrec":
+            assert 100 <= spec.target_vocab <= 500 and spec.metric == "mrr@5"
+            per_user = np.bincount(data.rows)[users]
+            assert per_user.min() >= 1 and per_user.max() <= 3
+            assert all(len(set(data.labels[data.rows == u])) == np.sum(data.rows == u) for u in users[:20])
+        else:
+            assert spec.metric == "accuracy"
+            shares = np.bincount(data.labels, minlength=spec.num_classes) / len(data)
+            assert shares.min() > 0.5 / spec.num_classes, "quantile bins keep classes balanced-ish"
+
+
+def test_labels_follow_the_sequences(tmp_path):
+    # What a user consumed (their item mix alone) must predict held-out binary labels well above
+    # chance: the tasks and the sequences are driven by the same latent traits.
+    spec_path = synthesize(tmp_path / "data", tasks=1, users=4000, items=200, seed=11)
+    job, sequences, tasks = load_job(spec_path)
+    data = tasks[job.tasks[0].name]
+    rows = np.repeat(np.arange(len(sequences)), sequences.lengths)
+    counts = np.zeros((len(sequences), sequences.vocab_size))
+    np.add.at(counts, (rows, sequences.items), 1.0)
+    features = np.c_[counts / counts.sum(axis=1, keepdims=True), np.ones(len(sequences))]
+
+    train_rows, train_labels = data.part("train")
+    held_rows = data.rows[data.split > 0]
+    held_labels = data.labels[data.split > 0]
+    x = features[train_rows]
+    weights = np.linalg.solve(x.T @ x + 0.01 * np.eye(x.shape[1]), x.T @ (2.0 * train_labels - 1))
+    accuracy = np.mean((features[held_rows] @ weights > 0) == held_labels)
+    assert accuracy > 0.6, f"held-out accuracy {accuracy:.3f}; chance is 0.5"
+
+
+def test_cli_writes_and_summarises(tmp_path, capsys):
+    code = cli.main(["synth", "--out", str(tmp_path / "demo"), "--tasks", "3", "--users", "50", "--items", "30",
+                     "--seed", "4", "--max-len", "25"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "t002_" in printed and str(tmp_path / "demo" / "tasks.toml") in printed
+    job, sequences, _ = load_job(tmp_path / "demo" / "tasks.toml")
+    assert len(job.tasks) == 3 and sequences.lengths.max() <= 25
