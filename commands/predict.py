@@ -1,13 +1,249 @@
-"""`peterrec predict`: not implemented yet."""
+"""`peterrec predict`: run one task of a bundle over users' item sequences.
 
-from commands._unavailable import not_available
+  python cli.py predict --backbone runs/demo/pretrain --bundle runs/demo/job --task gender \\
+      --input data/demo/source/sequences.parquet --out gender.parquet
+"""
 
-HELP = "(not available yet: [bundle] issue)"
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+HELP = "predict with one task of a bundle: class probabilities, or the top-K target items"
+DESCRIPTION = (
+    "Input (--input): a Parquet sequences table (user_id, items), a Parquet task table (user_id, label, "
+    "split; its users' sequences come from --sequences or the [source] of --tasks), or the paper's CSV "
+    "(one user per line: s1,...,sn[,,t1,...]; leading 0s are padding). The CSV holds raw source item ids: "
+    "pass --items source/items.parquet to map them to dense ids; without it they must already be dense "
+    "ids 1..vocab_size-1 of the backbone. Output (--out): Parquet (.parquet) or JSON lines (.jsonl, "
+    ".ndjson, .json), one row per input row, written atomically."
+)
+OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("--backbone", required=True, metavar="CKPT", help="backbone checkpoint directory")
+    parser.add_argument("--bundle", required=True, metavar="PATH",
+                        help="bundle directory, job directory holding bundle/, or .tar archive")
+    parser.add_argument("--task", required=True, metavar="NAME", help="task of the bundle to run")
+    parser.add_argument("--input", required=True, metavar="FILE", help="sequences/task table (.parquet) or CSV")
+    parser.add_argument("--out", required=True, metavar="FILE", help="predictions: .parquet or .jsonl")
+    parser.add_argument("--top-k", type=_positive, default=10, metavar="K", help="target items per user (coldrec)")
+    parser.add_argument("--sequences", metavar="FILE", help="sequences table for a task-table input")
+    parser.add_argument("--tasks", metavar="SPEC.toml", help="task spec whose [source] locates the sequences")
+    parser.add_argument("--items", metavar="FILE",
+                        help="source items.parquet (item_id, raw_id) mapping the CSV's raw ids to dense ids")
+    parser.add_argument("--batch-size", type=_positive, default=512, metavar="N", help="rows per forward pass")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 
 
-def run(args):
-    return not_available("predict", "[bundle]")
+def _positive(text: str) -> int:
+    import argparse  # noqa: PLC0415
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def run(args) -> int:
+    from peterrec.bundle import BundleError  # noqa: PLC0415  (heavy: torch)
+    from peterrec.checkpoint import CheckpointError  # noqa: PLC0415
+    from tasks import DataError  # noqa: PLC0415
+
+    try:
+        return _predict(args)
+    except (BundleError, CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _predict(args) -> int:
+    import torch  # noqa: PLC0415
+
+    from peterrec.bundle import open_bundle  # noqa: PLC0415
+    from peterrec.checkpoint import load_backbone  # noqa: PLC0415
+    from peterrec.predict import MultiTaskPredictor  # noqa: PLC0415
+    from peterrec.training import pick_device  # noqa: PLC0415
+    from tasks import DataError  # noqa: PLC0415
+
+    out = Path(args.out)
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise DataError(out, f"unknown output format {out.suffix!r}, expected one of {', '.join(OUTPUT_FORMATS)}")
+    backbone, _ = load_backbone(Path(args.backbone), pick_device(args.device))
+    bundle = open_bundle(args.bundle)
+    bundle.entry(args.task)  # an unknown task fails before the input is read
+    user_ids, items, extra = read_input(args, backbone.config)
+    predictor = MultiTaskPredictor(backbone, bundle, [args.task], top_k=args.top_k)
+    parts = [predictor.predict_task(args.task, torch.from_numpy(items[i:i + args.batch_size]))
+             for i in range(0, len(items), args.batch_size)]
+    columns = _columns(parts, predictor.configs[args.task])
+    write_output(out, {"user_id": list(user_ids), **extra, **columns},
+                 {"task": args.task, "kind": predictor.kind(args.task)})
+    print(f"wrote {len(items)} prediction(s) of task {args.task!r} to {out}")
+    return 0
+
+
+def _columns(parts, task: dict) -> dict:
+    """Output columns of a task from its per-batch predictions."""
+    import torch  # noqa: PLC0415
+
+    if task["kind"] == "classify":
+        probabilities = torch.cat([p.probabilities for p in parts]) if parts else torch.empty(0, task["num_classes"])
+        predicted = probabilities.argmax(dim=1).tolist()
+        columns = {"prediction": predicted}
+        if task.get("labels"):
+            columns["prediction_label"] = [task["labels"][i] for i in predicted]
+        columns["probabilities"] = probabilities.tolist()
+        return columns
+    items = torch.cat([p.items for p in parts]).tolist() if parts else []
+    columns = {"top_items": items, "top_scores": torch.cat([p.scores for p in parts]).tolist() if parts else []}
+    if task.get("target_raw_ids"):
+        columns["top_raw_ids"] = [[task["target_raw_ids"][j] for j in row] for row in items]
+    return columns
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input
+
+
+def read_input(args, config):
+    """(user ids, items (N, max_len) int64 left-padded, passthrough columns) from --input."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    from tasks import DataError, read_sequences, schema  # noqa: PLC0415
+    from tasks.io import read_table  # noqa: PLC0415
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise DataError(path, "input file not found")
+    if path.suffix.lower() in (".csv", ".txt"):
+        return read_paper_csv(path, config, Path(args.items) if args.items else None)
+    if path.suffix.lower() != ".parquet":
+        raise DataError(path, f"unknown input format {path.suffix!r}, expected .parquet or .csv")
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, f"not a readable Parquet file ({e})") from None
+    if "items" in names:  # a sequences table
+        sequences = read_sequences(path, vocab_size=config.vocab_size)
+        rows = list(range(len(sequences)))
+        return list(sequences.user_ids), sequences.padded(rows, config.max_len), {}
+    if "user_id" not in names:
+        raise DataError(path, f"expected a sequences table (user_id, items) or a task table (user_id, label, "
+                              f"split); columns found: {', '.join(names) or 'none'}")
+    fields = [f for f in schema.TASK if f.name in names]
+    table = read_table(path, pa.schema(fields))
+    sequences = read_sequences(*_sequences_of(args, path), vocab_size=config.vocab_size)
+    user_ids = table.column("user_id").to_pylist()
+    rows = sequences.row_of(user_ids, path=path)
+    extra = {f.name: table.column(f.name).to_pylist() for f in fields if f.name != "user_id"}
+    return user_ids, sequences.padded(rows, config.max_len), extra
+
+
+def _sequences_of(args, path: Path):
+    from tasks import DataError, load_spec  # noqa: PLC0415
+
+    if args.sequences:
+        return (Path(args.sequences),)
+    if args.tasks:
+        return (load_spec(args.tasks).sequences,)
+    raise DataError(path, "a task table holds user ids only: pass --sequences FILE or --tasks SPEC.toml to "
+                          "find their item sequences")
+
+
+def read_paper_csv(path: Path, config, items_path: Path | None):
+    """The paper's format, one user per line: s1,...,sn[,,t1,...]; 0 is padding. User ids are line numbers."""
+    import numpy as np  # noqa: PLC0415
+
+    from tasks import DataError, read_item_vocab  # noqa: PLC0415
+
+    dense = None
+    if items_path is not None:  # raw id -> dense id; dense id 0 (padding) has no raw id
+        dense = {raw: i for i, raw in enumerate(read_item_vocab(items_path)) if raw is not None}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text ({e})") from None
+    user_ids, items, targets = [], [], []
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        source, _, target = line.strip().partition(",,")
+        sequence = _csv_items(source.split(","), config, dense, lambda field, problem: DataError(
+            path, problem, field=field, where=f"line {line_no}"), items_path)
+        row = np.zeros(config.max_len, dtype=np.int64)
+        kept = sequence[-config.max_len:]  # the most recent items, left-padded
+        row[config.max_len - len(kept):] = kept
+        user_ids.append(str(line_no))
+        items.append(row)
+        targets.append([t.strip() for t in target.split(",") if t.strip()])
+    if not user_ids:
+        raise DataError(path, "no users: the file is empty")
+    return user_ids, np.stack(items), {"targets": targets}
+
+
+def _csv_items(tokens: list[str], config, dense: dict | None, fail, items_path) -> list[int]:
+    """Dense item ids of one CSV line's source part; `fail(field, problem)` makes the error to raise."""
+    sequence = []
+    for j, token in enumerate(t.strip() for t in tokens):
+        field = f"s{j + 1}"
+        if token == "":
+            raise fail(field, "empty item id")
+        if token == "0":
+            continue  # padding
+        if dense is not None:
+            if token not in dense:
+                raise fail(field, f"raw item id {token!r} is not in {items_path}")
+            sequence.append(dense[token])
+            continue
+        try:
+            item = int(token)
+        except ValueError:
+            raise fail(field, f"{token!r} is not an integer item id") from None
+        if not 1 <= item < config.vocab_size:
+            raise fail(field, f"item id {item} is outside 1..{config.vocab_size - 1} (vocab_size = "
+                              f"{config.vocab_size}); if the CSV holds raw source ids, pass --items "
+                              f"source/items.parquet to map them")
+        sequence.append(item)
+    if not sequence:
+        raise fail("s1", "no items (only padding)")
+    return sequence
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output
+
+
+def write_output(out: Path, columns: dict, info: dict) -> None:
+    """Parquet or JSON lines by the extension of `out`, via a temporary sibling and a rename."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    types = {"user_id": pa.string(), "label": pa.int32(), "split": pa.string(), "targets": pa.list_(pa.string()),
+             "prediction": pa.int32(), "prediction_label": pa.string(), "probabilities": pa.list_(pa.float32()),
+             "top_items": pa.list_(pa.int32()), "top_scores": pa.list_(pa.float32()),
+             "top_raw_ids": pa.list_(pa.string())}
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(handle)
+    try:
+        if OUTPUT_FORMATS[out.suffix.lower()] == "parquet":
+            table = pa.table({name: pa.array(values, type=types[name]) for name, values in columns.items()})
+            metadata = {b"peterrec": json.dumps(info).encode()}
+            pq.write_table(table.replace_schema_metadata(metadata), tmp)
+        else:
+            names = list(columns)
+            with open(tmp, "w", encoding="utf-8") as f:
+                for values in zip(*columns.values()):
+                    f.write(json.dumps(dict(zip(names, values))) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,103 @@
+"""Inference over one loaded backbone with any number of task patch sets from a bundle.
+
+    backbone, _ = load_backbone("runs/demo/pretrain")
+    predictor = MultiTaskPredictor(backbone, open_bundle("runs/demo/job"))
+    rows = predictor.predict(items, ["gender", "coldrec_0", "gender"])  # one task per row
+
+Classification tasks give class probabilities; cold-start tasks give their top-k target items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from peterrec.backbone import Backbone
+from peterrec.bundle import Bundle
+
+
+@dataclass
+class Prediction:
+    """The output for one row."""
+
+    task: str
+    kind: str  # "classify" | "coldrec"
+    probabilities: torch.Tensor | None = None  # classify: (num_classes,)
+    items: torch.Tensor | None = None  # coldrec: (k,) target ids, best first
+    scores: torch.Tensor | None = None  # coldrec: (k,) scores of those items
+    names: list[str] | None = None  # classify: class names; coldrec: raw ids of `items` (when known)
+
+
+@dataclass
+class TaskPredictions:
+    """The outputs of one task for a batch of B rows."""
+
+    task: str
+    kind: str
+    probabilities: torch.Tensor | None = None  # classify: (B, num_classes)
+    items: torch.Tensor | None = None  # coldrec: (B, k)
+    scores: torch.Tensor | None = None  # coldrec: (B, k)
+    class_names: list[str] | None = None
+    target_raw_ids: list[str] | None = None  # raw id of every target item id
+
+    def __len__(self) -> int:
+        return len(self.probabilities if self.kind == "classify" else self.items)
+
+    def row(self, i: int) -> Prediction:
+        if self.kind == "classify":
+            return Prediction(self.task, self.kind, probabilities=self.probabilities[i], names=self.class_names)
+        names = [self.target_raw_ids[j] for j in self.items[i].tolist()] if self.target_raw_ids else None
+        return Prediction(self.task, self.kind, items=self.items[i], scores=self.scores[i], names=names)
+
+
+class MultiTaskPredictor:
+    """One backbone, many tasks: each task model shares the same backbone object (FineLast / FineAll /
+    PeterZero tasks own the blocks they trained). Loading is all-or-nothing."""
+
+    def __init__(self, backbone: Backbone, bundle: Bundle, task_names: list[str] | None = None, top_k: int = 10):
+        self.backbone = backbone
+        self.top_k = top_k
+        names = list(bundle.names if task_names is None else task_names)
+        self.models = {name: bundle.load_task(name, backbone) for name in names}
+        self.configs = {name: bundle.config(name)["task"] for name in names}
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.models)
+
+    def kind(self, name: str) -> str:
+        return self.configs[self._known(name)]["kind"]
+
+    @torch.no_grad()
+    def predict_task(self, name: str, items: torch.Tensor, top_k: int | None = None) -> TaskPredictions:
+        """items (B, L) left-padded item ids -> that task's outputs for every row (on the CPU)."""
+        model, task = self.models[self._known(name)], self.configs[name]
+        device = next(model.parameters()).device
+        scores = model.scores(items.to(device)).float()  # (B, num_classes) or (B, target_vocab)
+        if task["kind"] == "classify":
+            return TaskPredictions(name, "classify", probabilities=scores.softmax(dim=-1).cpu(),
+                                   class_names=task.get("labels"))
+        k = min(top_k or self.top_k, scores.shape[1])
+        top = scores.topk(k, dim=-1)  # (B, k), best first
+        return TaskPredictions(name, "coldrec", items=top.indices.cpu(), scores=top.values.cpu(),
+                               target_raw_ids=task.get("target_raw_ids"))
+
+    def predict(self, items: torch.Tensor, tasks: list[str], top_k: int | None = None) -> list[Prediction]:
+        """items (B, L) whose row b belongs to task tasks[b] -> one Prediction per row, in row order."""
+        if len(tasks) != items.shape[0]:
+            raise ValueError(f"{items.shape[0]} rows but {len(tasks)} task names")
+        out: list[Prediction | None] = [None] * len(tasks)
+        groups: dict[str, list[int]] = {}
+        for row, name in enumerate(tasks):
+            groups.setdefault(self._known(name), []).append(row)
+        for name, rows in groups.items():
+            batch = self.predict_task(name, items[torch.tensor(rows)], top_k)
+            for j, row in enumerate(rows):
+                out[row] = batch.row(j)
+        return out
+
+    def _known(self, name: str) -> str:
+        if name not in self.models:
+            raise KeyError(f"task {name!r} is not attached to this predictor (attached: {', '.join(self.models)})")
+        return name
