@@ -91,11 +91,16 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
           device: torch.device | None = None,
           evaluate: Callable[[], float] | None = None,
           on_progress: Callable[[Progress], bool | None] | None = None,
-          loss_fn: Callable[..., torch.Tensor] | None = None) -> TrainResult:
+          loss_fn: Callable[..., torch.Tensor] | None = None,
+          optimizer: torch.optim.Optimizer | None = None, start_step: int = 0,
+          on_epoch_end: Callable[[Progress], bool | None] | None = None) -> TrainResult:
     """Minimise loss_fn(*batch) (default: module(*batch)) over shuffled batches of `arrays`
     (aligned along axis 0), training the parameters of `module` that require grad.
 
     `evaluate` returns a validation metric (higher is better); `on_progress` may return True to stop.
+    Resuming (Ray Train checkpoints): pass the `optimizer` with its restored state and the steps already
+    done as `start_step`; the shuffles of those steps are replayed, not trained. `on_epoch_end` is called
+    after each epoch (and when max_steps ends one early), e.g. to checkpoint; it may return True to stop.
     """
     loss_fn = loss_fn or module
     device = device or pick_device()
@@ -104,14 +109,16 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: the module has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     tensors = [torch.as_tensor(a) for a in arrays]
     n = len(tensors[0])
     total = config.total_steps(n)
+    per_epoch = math.ceil(n / config.batch_size)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
 
-    step, loss_value, best, best_state, metric = 0, float("nan"), None, None, None
+    step, loss_value, best, best_state, metric = start_step, float("nan"), None, None, None
+    skip = start_step  # batches a resumed run already trained: their shuffles are drawn, nothing else
     history, stopped, seen = [], False, 0
     start = time.perf_counter()
 
@@ -127,15 +134,23 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
             if config.keep_best:
                 best_state = [p.detach().clone() for p in params]
 
-    def report(epoch: int, done: bool = False) -> bool:
-        if on_progress is None:
-            return False
+    def progress(epoch: int, done: bool = False) -> Progress:
         rate = seen / max(time.perf_counter() - start, 1e-9)
-        return bool(on_progress(Progress(step, total, epoch, loss_value, rate, metric, done)))
+        return Progress(step, total, epoch, loss_value, rate, metric, done)
+
+    def report(epoch: int, done: bool = False) -> bool:
+        return on_progress is not None and bool(on_progress(progress(epoch, done)))
 
     module.train()
     for epoch in range(config.epochs):
+        if skip >= per_epoch or step >= total:  # an epoch a resumed run already finished
+            skip -= min(skip, per_epoch)
+            torch.randperm(n, generator=generator)
+            continue
         for index in batches(n, config.batch_size, generator):
+            if skip:
+                skip -= 1
+                continue
             batch = [t[index].to(device, non_blocking=True) for t in tensors]
             with autocast:
                 loss = loss_fn(*batch)
@@ -157,6 +172,9 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
             break
         if evaluate is not None and not config.eval_every:
             run_eval(epoch)
+        if on_epoch_end is not None and on_epoch_end(progress(epoch)):
+            stopped = True
+            break
         if step >= total:
             break
     if evaluate is not None and not history:
