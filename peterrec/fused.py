@@ -1,0 +1,27 @@
+"""Fused multi-task training and inference: many tasks' patch sets in one pass over the shared backbone.
+
+mLoRA-style packing for PeterRec. The backbone is frozen and shared, so K tasks' batches can run
+through its convolutions as one batch, each row patched by its own task (fused_patches.py). On top:
+- train_pack (fused_train.py): K tasks trained at once, each exactly as training.train alone would;
+- predict_mixed (fused_infer.py): a mixed-task batch scored in one pass, for bundle inference;
+- choose_pack_size (fused_auto.py): the K for `--pack auto`, measured, 1 when packing does not pay.
+
+Usage (the orchestrator's view):
+
+    tasks = [PackTask(name, model, (items, labels), train_config, evaluate, on_progress), ...]
+    k = choose_pack_size(backbone, tasks).k
+    for pack in (tasks[i:i + k] for i in range(0, len(tasks), k)):
+        outcomes = train_pack(pack)          # {name: PackOutcome(result | error)}
+"""
+
+from peterrec.fused_auto import PackChoice, choose_pack_size, estimate_step_bytes
+from peterrec.fused_infer import predict_mixed
+from peterrec.fused_patches import STRATEGIES, PackedPatches
+from peterrec.fused_train import (PACKABLE_MODES, PackOutcome, PackTask, check_packable, split_representations,
+                                  task_loss, train_pack)
+
+__all__ = [
+    "PACKABLE_MODES", "STRATEGIES", "PackChoice", "PackOutcome", "PackTask", "PackedPatches", "check_packable",
+    "choose_pack_size", "estimate_step_bytes", "predict_mixed", "split_representations", "task_loss",
+    "train_pack",
+]

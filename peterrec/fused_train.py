@@ -1,0 +1,276 @@
+"""train_pack: train K tasks at once, one fused forward/backward over the shared backbone per step.
+
+Each task keeps everything training.train would give it alone: its own shuffled batch order (a
+torch.Generator seeded with its TrainConfig.seed, the same `batches()`), its own negative-sampling
+generator (seeded likewise, so it draws what the global RNG would after train()'s manual_seed), its
+own AdamW, grad clipping, epochs / max_steps, evaluation, keep-best and progress callback. A step
+concatenates the next batch of every active task, runs the backbone once with PackedPatches, takes
+each task's loss on its own rows and backpropagates their sum once: rows never mix, so each task's
+parameters receive exactly its own loss's gradient. A task that finishes, is asked to stop or
+raises leaves the pack; the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from peterrec.backbone import Backbone, user_representation
+from peterrec.fused_patches import PackedPatches
+from peterrec.modes import TaskModel
+from peterrec.training import Progress, TrainConfig, TrainResult, batches
+
+PACKABLE_MODES = ("peterrec", "finecls")
+
+
+@dataclass
+class PackTask:
+    """One task of a pack: what training.train(model, arrays, config, evaluate=, on_progress=,
+    loss_fn=model.loss) would take for it alone."""
+
+    name: str
+    model: TaskModel  # must share the pack's backbone object (mode peterrec or finecls)
+    arrays: tuple[np.ndarray, np.ndarray]  # (items (N, L), labels (N,)) of the train split
+    config: TrainConfig
+    evaluate: Callable[[], float] | None = None  # validation metric, higher is better
+    on_progress: Callable[[Progress], bool | None] | None = None  # may return True to stop the task
+
+
+@dataclass
+class PackOutcome:
+    """How one task of a pack ended: a TrainResult, or the error that made it leave the pack."""
+
+    name: str
+    result: TrainResult | None
+    error: BaseException | None = None
+    traceback: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def check_packable(models: Sequence[TaskModel]) -> Backbone:
+    """The shared backbone of `models`; ValueError naming every model that cannot join the pack."""
+    if not models:
+        raise ValueError("a pack needs at least one task")
+    backbone = models[0].backbone
+    problems = []
+    for i, m in enumerate(models):
+        if m.mode not in PACKABLE_MODES:
+            problems.append(f"task {i}: mode {m.mode!r} cannot be packed (expected one of {PACKABLE_MODES})")
+        if m.backbone is not backbone:
+            problems.append(f"task {i}: its backbone is not the pack's shared backbone object")
+        if any(p.requires_grad for p in m.backbone.parameters()):
+            problems.append(f"task {i}: the shared backbone must be frozen")
+    if problems:
+        raise ValueError("cannot pack these tasks: " + "; ".join(problems))
+    return backbone
+
+
+def split_representations(hidden: torch.Tensor, models: Sequence[TaskModel], counts: list[int]):
+    """Each model's user representations (n_k, C) from its rows of the packed hidden (B, L, C).
+
+    Reduces (B, L, C) -> (B, C) once per representation kind and splits that: slicing the big
+    tensor per task would make backward allocate a full (B, L, C) gradient for every task."""
+    causal = models[0].backbone.config.causal
+    reps = {how: user_representation(hidden, causal, how).split(counts) for how in {m.representation for m in models}}
+    return [reps[m.representation][k] for k, m in enumerate(models)]
+
+
+def task_loss(model: TaskModel, rep: torch.Tensor, labels: torch.Tensor,
+              generator: torch.Generator | None) -> torch.Tensor:
+    """A task's loss from its user representations (same as TaskModel.loss on its rows)."""
+    return model.head.loss(rep, labels, generator=generator)
+
+
+class _Member:
+    """One task inside the pack: training.train's per-task state, driven step by step."""
+
+    def __init__(self, task: PackTask, device: torch.device, start: float):
+        self.task, self.name, self.config, self.device = task, task.name, task.config, device
+        self.model, self.start = task.model, start
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(f"task {task.name!r}: nothing to train: the model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.negatives = torch.Generator(device=device).manual_seed(self.config.seed)
+        self.tensors = [torch.as_tensor(a) for a in task.arrays]
+        self.n = len(self.tensors[0])
+        self.total = self.config.total_steps(self.n)
+        self.step, self.seen, self.epoch, self.loss_value = 0, 0, 0, float("nan")
+        self.best, self.best_state, self.metric, self.history, self.stopped = None, None, None, [], False
+        self.batch: list[torch.Tensor] | None = None  # the next batch; None once the task has left
+        self.outcome: PackOutcome | None = None
+        self._loop = self._run()
+
+    # The loop of training.train, with the optimisation step done by the pack at each `yield`.
+    def _run(self):
+        config = self.config
+        shuffle = torch.Generator().manual_seed(config.seed)
+        self.model.train()
+        for self.epoch in range(config.epochs):
+            for index in batches(self.n, config.batch_size, shuffle):
+                self.loss_value = yield [t[index].to(self.device, non_blocking=True) for t in self.tensors]
+                self.step += 1
+                self.seen += len(index)
+                if self.task.evaluate is not None and config.eval_every and self.step % config.eval_every == 0:
+                    self._eval()
+                if (self.step % config.log_every == 0 or self.step == self.total) and self._report():
+                    self.stopped = True
+                if self.stopped or self.step >= self.total:
+                    break
+            if self.stopped:
+                break
+            if self.task.evaluate is not None and not config.eval_every:
+                self._eval()
+            if self.step >= self.total:
+                break
+        if self.task.evaluate is not None and not self.history:
+            self._eval()
+        if self.best_state is not None:
+            with torch.no_grad():
+                for p, saved in zip(self.params, self.best_state):
+                    p.copy_(saved)
+        seconds = time.perf_counter() - self.start
+        self.model.eval()
+        self._report(done=True)
+        return TrainResult(self.step, self.loss_value, self.best, seconds, self.seen / max(seconds, 1e-9),
+                           self.stopped, self.history)
+
+    def _eval(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            self.metric = float(self.task.evaluate())
+        self.model.train()
+        self.history.append({"step": self.step, "epoch": self.epoch, "loss": self.loss_value, "metric": self.metric})
+        if self.best is None or self.metric > self.best:
+            self.best = self.metric
+            if self.config.keep_best:
+                self.best_state = [p.detach().clone() for p in self.params]
+
+    def _report(self, done: bool = False) -> bool:
+        if self.task.on_progress is None:
+            return False
+        rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
+        return bool(self.task.on_progress(Progress(self.step, self.total, self.epoch, self.loss_value, rate,
+                                                   self.metric, done)))
+
+    def advance(self, loss_value: float | None) -> None:
+        """Finish the last step (None: start) and fetch the next batch, or leave the pack."""
+        try:
+            self.batch = next(self._loop) if loss_value is None else self._loop.send(loss_value)
+        except StopIteration as end:
+            self.batch, self.outcome = None, PackOutcome(self.name, end.value)
+        except Exception as exc:  # noqa: BLE001 - a task's failure must not stop the pack
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        self.batch = None
+        self.outcome = PackOutcome(self.name, None, exc, "".join(traceback.format_exception(exc)))
+        self._loop.close()
+
+    def optimise(self) -> None:
+        if self.config.grad_clip:
+            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+
+
+def _fused_losses(backbone: Backbone, members: list[_Member], strategy: str, autocast):
+    """One forward over the members' concatenated batches -> ({member: loss}, {member: error})."""
+    items = torch.cat([m.batch[0] for m in members])  # (B, L)
+    counts = [len(m.batch[0]) for m in members]
+    task_of_row = torch.repeat_interleave(torch.arange(len(members), device=items.device),
+                                          torch.tensor(counts, device=items.device))
+    adapter = PackedPatches(backbone, [m.model.patches for m in members], task_of_row, strategy)
+    losses, errors = {}, {}
+    with autocast:
+        hidden = backbone(items, adapter)  # (B, L, C)
+        for m, rep in zip(members, split_representations(hidden, [m.model for m in members], counts)):
+            try:
+                losses[m] = task_loss(m.model, rep, m.batch[1], m.negatives)
+            except Exception as exc:  # noqa: BLE001
+                errors[m] = exc
+    return losses, errors
+
+
+def _blame(backbone: Backbone, members: list[_Member], autocast) -> dict:
+    """After a fused forward failed: run each member's batch alone (no grad) to find who broke it.
+    Negatives are drawn from a throwaway generator, so the members' own streams are untouched."""
+    errors = {}
+    with torch.no_grad(), autocast:
+        for m in members:
+            try:
+                adapter = PackedPatches(backbone, [m.model.patches], torch.zeros(len(m.batch[0]), dtype=torch.long,
+                                                                                  device=m.batch[0].device))
+                hidden = backbone(m.batch[0], adapter)
+                task_loss(m.model, split_representations(hidden, [m.model], [len(hidden)])[0], m.batch[1], None)
+            except Exception as exc:  # noqa: BLE001
+                errors[m] = exc
+    return errors
+
+
+def train_pack(tasks: Sequence[PackTask], device: torch.device | None = None,
+               strategy: str = "auto") -> dict[str, PackOutcome]:
+    """Train `tasks` together over their shared frozen backbone; {task name: PackOutcome}, in order.
+
+    For the same data and seeds each task ends with the weights training.train would give it alone
+    (up to floating-point reassociation). Errors of one task are caught and reported in its outcome;
+    only an error that no single task's batch reproduces alone (e.g. out of memory) is raised.
+    """
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task names in a pack must be unique (got {names})")
+    backbone = check_packable([t.model for t in tasks])
+    device = device or next(backbone.parameters()).device
+    if len({t.config.bf16 for t in tasks}) > 1:
+        raise ValueError("tasks in a pack must agree on bf16")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if tasks[0].config.bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
+    start = time.perf_counter()
+    members, refused = [], {}
+    for t in tasks:
+        try:
+            members.append(_Member(t, device, start))
+        except Exception as exc:  # noqa: BLE001 - e.g. nothing to train: that task alone is refused
+            refused[t.name] = PackOutcome(t.name, None, exc, "".join(traceback.format_exception(exc)))
+    for m in members:
+        m.advance(None)
+    while active := [m for m in members if m.batch is not None]:
+        try:
+            losses, errors = _fused_losses(backbone, active, strategy, autocast)
+        except Exception:  # noqa: BLE001 - find the task(s) whose batch breaks the forward
+            errors = _blame(backbone, active, autocast)
+            if not errors:
+                raise
+            for m, exc in errors.items():
+                m.fail(exc)
+            continue
+        for m, exc in errors.items():
+            m.fail(exc)
+        if not losses:
+            continue
+        for m in losses:
+            m.optimizer.zero_grad(set_to_none=True)
+        torch.stack(list(losses.values())).sum().backward()
+        values = torch.stack([loss.detach().float() for loss in losses.values()]).tolist()  # one sync
+        for (m, _), value in zip(losses.items(), values):
+            try:
+                m.optimise()
+            except Exception as exc:  # noqa: BLE001
+                m.fail(exc)
+                continue
+            m.advance(value)
+    outcomes = {m.name: m.outcome for m in members} | refused
+    return {name: outcomes[name] for name in names}
+
+
+__all__ = ["PACKABLE_MODES", "PackOutcome", "PackTask", "check_packable", "split_representations", "task_loss",
+           "train_pack"]
