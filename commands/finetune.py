@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 HELP = "fine-tune patch sets (or a baseline mode) for every task of a task spec"
-DESCRIPTION = """Fine-tune each task of a task spec over one pretrained backbone and write JOB_DIR/results.parquet
-(one row per task). Modes: peterrec (patches + head), finecls (head only), finelast (last blocks + head),
+DESCRIPTION = """Fine-tune each task of a task spec over one pretrained backbone, in parallel on Ray, and write
+JOB_DIR/results.parquet (one row per task) and JOB_DIR/bundle/ (a patch set + head per task) as each task
+finishes. By default the command starts its own Ray on this machine (loopback only); --address joins a
+cluster started with `ray start`. The backbone is put into Ray's object store once and shared, never copied,
+by every worker. Modes: peterrec (patches + head), finecls (head only), finelast (last blocks + head),
 fineall (everything), peterzero (patches over a random backbone). Example:
 
   python cli.py finetune --backbone runs/demo/backbone --tasks data/demo --mode peterrec --out runs/demo/job"""
@@ -21,10 +24,34 @@ def add_arguments(parser):
     parser.add_argument("--only", action="append", default=None, metavar="TASK",
                         help="run only these tasks (repeat the flag or give a comma-separated list)")
     parser.add_argument("--resume", action="store_true",
-                        help="keep finished tasks of an existing JOB_DIR and run only the others")
+                        help="keep finished tasks of an existing JOB_DIR (bundles untouched) and run the others")
     parser.add_argument("--force", action="store_true", help="start over in an existing JOB_DIR")
+    add_cluster_flags(parser)
     add_patch_flags(parser)
     add_train_flags(parser, epochs=5, batch_size=64, lr=1e-3)
+
+
+def add_cluster_flags(parser) -> None:
+    group = parser.add_argument_group("cluster")
+    group.add_argument("--address", default=None,
+                       help="join this Ray cluster (e.g. HEAD_IP:6379 of `ray start --head`) instead of starting one")
+    group.add_argument("--cpus-per-task", type=float, default=1.0,
+                       help="CPUs each task holds; its torch thread count follows")
+    group.add_argument("--gpus-per-task", type=float, default=0.0,
+                       help="GPUs each task holds; fractions (e.g. 0.25) share a GPU between tasks")
+    group.add_argument("--max-concurrent", type=int, default=0,
+                       help="most tasks in flight at once; 0: as many as the cluster's resources allow")
+    group.add_argument("--retries", type=int, default=2,
+                       help="extra attempts of a failed task (an error, or a lost worker or node)")
+    group.add_argument("--num-cpus", type=int, default=None,
+                       help="CPUs of the embedded cluster (default: every core of this machine)")
+    group.add_argument("--object-store-mb", type=int, default=None,
+                       help="object store size of the embedded cluster (default: Ray's, 30%% of memory)")
+    group.add_argument("--ui", choices=["rich", "plain"], default=None,
+                       help="rich: live bar and task table; plain: one line per finished task "
+                            "(default: rich on a terminal, else plain)")
+    group.add_argument("--in-process", action="store_true",
+                       help="no Ray: run the tasks one after another in this process (for debugging)")
 
 
 def add_patch_flags(parser) -> None:
@@ -54,67 +81,102 @@ def settings_from(args):
                             eval_negatives=args.eval_negatives)
 
 
-def selected_tasks(job, only):
-    if not only:
-        return list(job.tasks)
-    names = [n.strip() for item in only for n in item.split(",") if n.strip()]
-    return [job.task(n) for n in names]
-
-
 def run(args) -> int:
     from commands._common import user_errors
 
     with user_errors():
-        return finetune_in_process(args)
+        plan = plan_from(args)  # every check, before any worker (or Ray) starts
+        try:
+            return finetune_in_process(args, plan) if args.in_process else finetune_on_ray(args, plan)
+        finally:
+            plan.release()
 
 
-def finetune_in_process(args) -> int:
-    import time
-    from pathlib import Path
+def plan_from(args):
+    from commands._common import resolve_spec
+    from orchestrator.plan import plan_job
+
+    if args.in_process and args.address:
+        raise ValueError("--in-process runs without Ray; it cannot take --address")
+    return plan_job(resolve_spec(args.tasks), args.backbone, args.out, settings_from(args), args.only,
+                    resume=args.resume, force=args.force)
+
+
+def finetune_on_ray(args, plan) -> int:
+    import sys
 
     from rich.console import Console
-    from rich.progress import Progress
 
-    from commands._common import TrainingBar, resolve_spec, training_progress
-    from orchestrator.results import done_row, failed_row, read_results, write_results
-    from peterrec.checkpoint import load_backbone
+    from orchestrator.client import JobClient
+    from orchestrator.display import make_display
+    from orchestrator.job import FinetuneJob, JobOptions
+
+    if args.device not in (None, "cpu", "cuda"):
+        raise ValueError(f"--device {args.device}: on Ray a task's device follows its resources; use "
+                         f"--gpus-per-task to run on GPUs")
+    if args.device == "cuda" and not args.gpus_per_task:
+        raise ValueError("--device cuda on Ray needs --gpus-per-task (e.g. 1, or 0.25 to share a GPU)")
+    options = JobOptions(address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
+                         max_concurrent=args.max_concurrent, retries=args.retries, num_cpus=args.num_cpus,
+                         object_store_mb=args.object_store_mb)
+    console = Console()
+    job = FinetuneJob(plan, options)
+    todo = len(plan.todo)
+    where = f"the Ray cluster at {args.address}" if args.address else "an embedded Ray cluster (loopback)"
+    console.print(f"fine-tuning {todo} of {len(plan.tasks)} tasks in mode {plan.settings.mode} on {where}; "
+                  f"{args.cpus_per_task:g} CPU + {args.gpus_per_task:g} GPU per task")
+    ui = args.ui or ("rich" if sys.stdout.isatty() else "plain")
+    client = JobClient(plan.job_dir, job)
+    try:
+        with make_display(ui, client, console) as display:
+            state = job.run(on_tick=display.update)
+    except ConnectionError as e:  # --address that cannot be joined
+        raise ValueError(str(e)) from None
+    rows = plan.outputs.rows
+    print_results(console, [rows[t.name] for t in plan.tasks if t.name in rows])
+    console.print(f"results: {plan.job_dir / 'results.parquet'}   bundle: {plan.job_dir / 'bundle'}")
+    if "first_progress" in state.timings:
+        console.print(f"start-up: {state.timings['first_progress']:.1f} s from the command's start to the first "
+                      f"progress report (Ray up after {state.timings['ray_ready']:.1f} s)")
+    return 0 if all(rows.get(t.name, {}).get("status") == "done" for t in plan.tasks) else 1
+
+
+def finetune_in_process(args, plan) -> int:
+    import time
+
+    from rich.console import Console
+
+    from commands._common import TrainingBar, training_progress
     from peterrec.finetune import finetune_task
     from peterrec.training import pick_device
-    from tasks import load_job
 
     console = Console()
-    job_dir = Path(args.out)
-    if job_dir.exists() and any(job_dir.iterdir()) and not (args.resume or args.force):
-        raise FileExistsError(f"{job_dir} already exists and is not empty (pass --resume to continue it, "
-                              f"--force to start over)")
-    settings = settings_from(args)
-    job, sequences, task_data = load_job(resolve_spec(args.tasks))  # validates everything up front
-    tasks = selected_tasks(job, args.only)
     device = pick_device(args.device)
-    backbone, _ = load_backbone(args.backbone, device)
-    if job.vocab_size > backbone.config.vocab_size:
-        raise ValueError(f"{job.path}: the tasks use {job.vocab_size} source items but the backbone "
-                         f"{args.backbone} knows only {backbone.config.vocab_size}")
-    rows = {r["task"]: r for r in read_results(job_dir)} if args.resume else {}
-    todo = [t for t in tasks if rows.get(t.name, {}).get("status") != "done"]
-    console.print(f"fine-tuning {len(todo)} of {len(tasks)} tasks in mode {settings.mode} on {device}")
+    backbone = plan.backbone.to(device)
+    outputs = plan.outputs
+    todo = plan.todo
+    console.print(f"fine-tuning {len(todo)} of {len(plan.tasks)} tasks in mode {plan.settings.mode} on {device} "
+                  f"(in process, no Ray)")
     with training_progress(console) as progress:
         overall = progress.add_task("all tasks", total=len(todo), loss="", metric="")
         for spec in todo:
+            settings = plan.task_settings[spec.name]
             start = time.perf_counter()
             bar = TrainingBar(progress, spec.name)
             try:
-                outcome = finetune_task(backbone, spec, task_data[spec.name], sequences, settings, device, bar)
-                rows[spec.name] = done_row(spec, outcome, time.perf_counter() - start, attempts=1)
+                outcome = finetune_task(backbone, spec, plan.task_data[spec.name], plan.sequences, settings,
+                                        device, bar)
+                outputs.done(spec, settings, outcome.model, outcome.summary(), time.perf_counter() - start,
+                             attempts=1)
             except (ValueError, RuntimeError) as e:
-                rows[spec.name] = failed_row(spec, settings.mode, f"{type(e).__name__}: {e}",
-                                             time.perf_counter() - start, attempts=1)
-            write_results(job_dir, list(rows.values()))
+                outputs.failed(spec, settings.mode, f"{type(e).__name__}: {e}", time.perf_counter() - start,
+                               attempts=1)
             progress.remove_task(bar.task)
             progress.advance(overall)
-    print_results(console, [rows[t.name] for t in tasks if t.name in rows])
-    console.print(f"results: {job_dir / 'results.parquet'}")
-    return 0 if all(r["status"] == "done" for r in rows.values()) else 1
+    rows = outputs.rows
+    print_results(console, [rows[t.name] for t in plan.tasks if t.name in rows])
+    console.print(f"results: {plan.job_dir / 'results.parquet'}   bundle: {plan.job_dir / 'bundle'}")
+    return 0 if all(rows.get(t.name, {}).get("status") == "done" for t in plan.tasks) else 1
 
 
 def print_results(console, rows) -> None:

@@ -1,4 +1,5 @@
-"""JOB_DIR/results.parquet: one row per task, rewritten atomically as each task finishes."""
+"""A job's outputs: JOB_DIR/results.parquet (one row per task, rewritten atomically as each task
+finishes) and JOB_DIR/bundle/ (a patch set + head per task, written by peterrec.bundle)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def results_path(job_dir: Path) -> Path:
     return Path(job_dir) / "results.parquet"
 
 
+def bundle_path(job_dir: Path) -> Path:
+    return Path(job_dir) / "bundle"
+
+
 def read_results(job_dir: Path) -> list[dict]:
     path = results_path(job_dir)
     if not path.exists():
@@ -53,15 +58,79 @@ def write_results(job_dir: Path, rows: list[dict]) -> Path:
     return path
 
 
-def done_row(task_spec, outcome, seconds: float, attempts: int) -> dict:
-    params = outcome.params
-    return {"task": task_spec.name, "kind": task_spec.kind, "mode": params.mode, "status": "done",
-            "metric": outcome.metric, "value": float(outcome.value), "trained_params": params.trained_params,
-            "backbone_params": params.backbone_params, "ratio_vs_fineall": params.ratio_vs_fineall,
-            "seconds": seconds, "attempts": attempts, "error": None}
+def done_row(task_spec, summary: dict, seconds: float, attempts: int) -> dict:
+    """A finished task's row from FinetuneOutcome.summary()."""
+    return {"task": task_spec.name, "kind": task_spec.kind, "mode": summary["mode"], "status": "done",
+            "metric": summary["metric"], "value": float(summary["value"]),
+            "trained_params": summary["trained_params"], "backbone_params": summary["backbone_params"],
+            "ratio_vs_fineall": summary["ratio_vs_fineall"], "seconds": seconds, "attempts": attempts,
+            "error": None}
 
 
 def failed_row(task_spec, mode: str, error: str, seconds: float, attempts: int) -> dict:
     return {"task": task_spec.name, "kind": task_spec.kind, "mode": mode, "status": "failed",
             "metric": task_spec.metric, "value": None, "trained_params": None, "backbone_params": None,
             "ratio_vs_fineall": None, "seconds": seconds, "attempts": attempts, "error": error}
+
+
+class JobOutputs:
+    """Records each finished task: its bundle entry first, then its results row, both atomically.
+
+    A task killed between the two has a bundle entry but no `done` row, so a resumed job runs it again
+    and the bundle replaces that entry; a `done` row always has its bundle entry.
+    """
+
+    def __init__(self, job_dir: Path, backbone, fingerprint: str, rows: list[dict] | None = None):
+        self.job_dir = Path(job_dir)
+        self.backbone = backbone
+        self.fingerprint = fingerprint
+        self.rows = {r["task"]: r for r in rows or []}
+
+    def status(self, name: str) -> str | None:
+        row = self.rows.get(name)
+        return row["status"] if row else None
+
+    def done(self, task_spec, settings, model, summary: dict, seconds: float, attempts: int) -> dict:
+        """`model`: the trained TaskModel, or its task state {name: array} to load into a fresh one."""
+        if not hasattr(model, "task_state_dict"):
+            model = task_model_from_state(self.backbone, task_spec, settings, model)
+        self._write_bundle(task_spec, settings, model, summary)
+        return self._put(done_row(task_spec, summary, seconds, attempts))
+
+    def failed(self, task_spec, mode: str, error: str, seconds: float, attempts: int) -> dict:
+        return self._put(failed_row(task_spec, mode, error, seconds, attempts))
+
+    def _put(self, row: dict) -> dict:
+        self.rows[row["task"]] = row
+        write_results(self.job_dir, list(self.rows.values()))
+        return row
+
+    def _write_bundle(self, task_spec, settings, model, summary: dict) -> None:
+        # The one place a job writes its bundle; the format belongs to peterrec.bundle.
+        from peterrec.bundle import write_task
+
+        metrics = {k: summary[k] for k in ("metric", "value", "valid", "test", "steps", "samples_per_s")
+                   if k in summary}
+        write_task(bundle_path(self.job_dir), model, task_spec, settings, metrics, self.fingerprint,
+                   self.backbone.config, target_raw_ids=target_raw_ids(task_spec))
+
+
+def task_model_from_state(backbone, task_spec, settings, state: dict):
+    """A TaskModel over `backbone` holding the given task tensors (numpy arrays or tensors)."""
+    import torch
+
+    from peterrec.modes import build_task_model
+
+    model = build_task_model(backbone, task_spec.kind, task_spec.num_outputs, settings.mode, settings.patch,
+                             settings.finelast_blocks, settings.representation, seed=settings.train.seed)
+    model.load_task_state_dict({k: torch.tensor(v) for k, v in state.items()})  # copies: v may be read-only
+    return model.eval()
+
+
+def target_raw_ids(task_spec) -> list[str] | None:
+    """A coldrec task's original target ids (kept in the bundle so predictions can name them)."""
+    if task_spec.kind != "coldrec" or not task_spec.target_items.exists():
+        return None
+    from tasks import read_target_vocab
+
+    return [str(r) for r in read_target_vocab(task_spec.target_items, task_spec.target_vocab)]

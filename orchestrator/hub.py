@@ -1,0 +1,96 @@
+"""The progress hub: one Ray actor per job that every task reports to and the driver reads.
+
+It holds each task's TaskState (step, loss, metric, samples/s, status, attempts, curve) and the cancel
+flags the workers poll. Workers report fire-and-forget; the driver pulls the tasks changed since its
+last look, so a 100-task job costs little per refresh.
+"""
+
+from __future__ import annotations
+
+import time
+
+from orchestrator.state import DONE, FAILED, QUEUED, RETRYING, RUNNING, TaskState, clean_number
+
+
+class ProgressHub:
+    """Per-task state, attempts and cancel flags (wrapped as a Ray actor by `start_hub`)."""
+
+    def __init__(self, tasks: list[dict]):
+        self.tasks = {t["name"]: TaskState.from_dict(t) for t in tasks}
+        self.cancelled: set[str] = set()
+        self.version = 0
+        self.changed = {name: 0 for name in self.tasks}
+        self.first_progress_at: float | None = None
+
+    def _touch(self, task: TaskState) -> None:
+        self.version += 1
+        self.changed[task.name] = self.version
+        task.updated_at = time.time()
+
+    # Workers -------------------------------------------------------------------------------------
+
+    def started(self, name: str, node: str, pid: int) -> tuple[int, bool]:
+        """A new attempt begins: (its number, whether the task is cancelled)."""
+        task = self.tasks[name]
+        task.attempts += 1
+        task.status, task.node, task.pid = RUNNING, node, pid
+        task.step, task.total, task.loss, task.metric, task.samples_per_s, task.history = 0, 0, None, None, None, []
+        task.started_at = task.started_at or time.time()
+        self._touch(task)
+        return task.attempts, name in self.cancelled
+
+    def report(self, name: str, attempt: int, step: int, total: int, epoch: int, loss: float,
+               metric: float | None, samples_per_s: float) -> bool:
+        """Progress of an attempt; returns True when the task is cancelled (the worker then stops)."""
+        task = self.tasks[name]
+        if attempt == task.attempts and task.status == RUNNING:  # a late report of an older attempt is dropped
+            loss, metric = clean_number(loss), clean_number(metric)
+            task.step, task.total, task.epoch, task.loss, task.metric = step, total, epoch, loss, metric
+            task.samples_per_s = clean_number(samples_per_s)
+            task.add_point(step, loss, metric)
+            self.first_progress_at = self.first_progress_at or time.time()
+            self._touch(task)
+        return name in self.cancelled
+
+    def attempt_failed(self, name: str, attempt: int, error: str) -> None:
+        task = self.tasks[name]
+        if attempt == task.attempts:
+            task.status, task.error = RETRYING, error
+            self._touch(task)
+
+    # Driver --------------------------------------------------------------------------------------
+
+    def finished(self, name: str, status: str, value: float | None = None, error: str | None = None,
+                 seconds: float | None = None) -> None:
+        assert status in (DONE, FAILED), status
+        task = self.tasks[name]
+        task.status, task.value, task.error, task.seconds = status, clean_number(value), error, seconds
+        task.samples_per_s = None if status == FAILED else task.samples_per_s
+        self._touch(task)
+
+    def queued(self, names: list[str]) -> None:
+        """Tasks (re)submitted: queued again and no longer cancelled."""
+        for name in names:
+            self.cancelled.discard(name)
+            task = self.tasks[name]
+            task.status, task.error = QUEUED, None
+            self._touch(task)
+
+    def cancel(self, names: list[str]) -> None:
+        self.cancelled.update(names)
+
+    def snapshot(self, since: int = 0) -> dict:
+        """Tasks changed after version `since`, the current version, and when progress first came in."""
+        tasks = {n: self.tasks[n].to_dict() for n, v in self.changed.items() if v > since}
+        return {"version": self.version, "tasks": tasks, "first_progress_at": self.first_progress_at}
+
+
+def start_hub(task_states: list[TaskState]):
+    """The hub as an actor on the driver's node (it lives as long as the driver, whatever other nodes do).
+    It needs no CPU, so it never takes a slot from a task."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0, max_restarts=0, scheduling_strategy=here)(ProgressHub)
+    return actor.remote([t.to_dict() for t in task_states])

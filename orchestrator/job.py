@@ -1,0 +1,293 @@
+"""The driver of a fine-tuning job: every task of a validated plan, in parallel on a Ray cluster.
+
+One put of the backbone and of the sequences, one progress hub, then tasks submitted with their
+resources (and a concurrency cap, if any) and collected with ray.wait as they finish: each one's
+bundle entry and results row is written at once. Ray retries failed attempts (exceptions and lost
+workers or nodes alike); a task that fails every attempt is recorded `failed` and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import psutil
+import ray
+
+from orchestrator import state as st
+from orchestrator.cluster import connect
+from orchestrator.hub import start_hub
+from orchestrator.plan import JobPlan
+from orchestrator.shared import share
+from orchestrator.state import JobState, TaskState
+from orchestrator.worker import error_text, run_task
+
+TICK_S = 0.25  # the driver's loop: results, commands, display
+PERSIST_S = 0.5  # state.json at most this often
+FAULTS_ENV = "PETERREC_FAIL_TASKS"  # "a,b:1": task a fails every attempt, b its first attempt
+
+
+@dataclass
+class JobOptions:
+    """Where and how the tasks run."""
+
+    address: str | None = None  # join this cluster; None: start an embedded loopback one
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0  # fractions share a GPU
+    max_concurrent: int = 0  # tasks in flight at once; 0 = as many as the cluster's resources allow
+    retries: int = 2  # extra attempts of a failed task
+    num_cpus: int | None = None  # embedded cluster size (default: every core)
+    num_gpus: int | None = None
+    object_store_mb: int | None = None
+
+    def __post_init__(self):
+        problems = []
+        if not self.cpus_per_task > 0:
+            problems.append(f"--cpus-per-task must be > 0 (got {self.cpus_per_task})")
+        if self.gpus_per_task < 0 or (self.gpus_per_task > 1 and self.gpus_per_task != int(self.gpus_per_task)):
+            problems.append(f"--gpus-per-task must be a fraction of one GPU or a whole number (got "
+                            f"{self.gpus_per_task})")
+        if self.max_concurrent < 0:
+            problems.append(f"--max-concurrent must be >= 0 (got {self.max_concurrent})")
+        if self.retries < 0:
+            problems.append(f"--retries must be >= 0 (got {self.retries})")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def injected_faults(names: list[str]) -> dict[str, int]:
+    """Attempts to fail per task, from PETERREC_FAIL_TASKS ("name" = every attempt, "name:N" = the first N)."""
+    out = {}
+    for item in filter(None, (s.strip() for s in os.environ.get(FAULTS_ENV, "").split(","))):
+        name, _, count = item.partition(":")
+        out[name] = int(count) if count else 1_000_000
+    return {n: out[n] for n in names if n in out}
+
+
+class FinetuneJob:
+    """Runs a JobPlan on Ray. `run()` blocks; cancel / retry_failed / stop may be called from any thread
+    (they are queued and applied by the driver loop), or sent by another process via JOB_DIR/control/."""
+
+    def __init__(self, plan: JobPlan, options: JobOptions, started_at: float | None = None):
+        self.plan, self.options = plan, options
+        created = psutil.Process().create_time()
+        self.t0 = started_at or created  # start-up is measured from the command's start
+        todo = {t.name for t in plan.todo}
+        tasks = {}
+        for spec in plan.tasks:
+            task = TaskState(spec.name, spec.kind, spec.metric)
+            row = plan.outputs.rows.get(spec.name)
+            if spec.name not in todo:
+                task.status, task.value, task.seconds, task.attempts = st.DONE, row["value"], row["seconds"], \
+                    row["attempts"] or 0
+            tasks[spec.name] = task
+        self.state = JobState(str(plan.job_dir), mode=plan.settings.mode, spec=str(plan.job.path),
+                              backbone=str(plan.backbone_path), pid=os.getpid(), host=socket.gethostname(),
+                              pid_started=created,
+                              resources={"cpus_per_task": options.cpus_per_task,
+                                         "gpus_per_task": options.gpus_per_task,
+                                         "max_concurrent": options.max_concurrent, "retries": options.retries},
+                              started_at=self.t0, tasks=tasks)
+        self.todo = [t.name for t in plan.todo]
+        self.faults = injected_faults(self.todo)
+        self.commands: queue.Queue = queue.Queue()
+        self.stopping = False
+        self.snapshot = self.state.to_dict()  # what other threads read (JobClient): replaced, never mutated
+        self._seen_version = 0
+        self._persisted_at = 0.0
+
+    # Actions (any thread) ------------------------------------------------------------------------
+
+    def cancel(self, task: str) -> None:
+        self.commands.put({"action": "cancel", "task": task})
+
+    def retry_failed(self) -> None:
+        self.commands.put({"action": "retry_failed", "task": None})
+
+    def stop(self) -> None:
+        self.commands.put({"action": "stop", "task": None})
+
+    # The driver loop -------------------------------------------------------------------------------
+
+    def run(self, on_tick: Callable[[JobState], None] | None = None) -> JobState:
+        """Run every task still to do; returns the final state. Ray is started (or joined) here and
+        shut down at the end when this call started it."""
+        plan, options = self.plan, self.options
+        self._timing("validated")
+        self._persist(force=True)
+        cluster = None
+        if not self.todo:  # nothing left to run (a resumed, finished job): no cluster needed
+            self.state.status = st.JOB_DONE
+            self._timing("finished")
+            self._persist(force=True)
+            plan.release()
+            return self.state
+        try:
+            cluster = connect(options.address, options.num_cpus, options.num_gpus, options.object_store_mb)
+            self.state.address = cluster.address
+            self.state.cluster = cluster.resources()
+            self._timing("ray_ready")
+            self._check_fits(self.state.cluster)
+            refs = share(plan.backbone, plan.sequences)  # the one put of each per job
+            self._timing("shared")
+            hub = start_hub(list(self.state.tasks.values()))
+            self.state.status = st.JOB_RUNNING
+            self._drive(refs, hub, on_tick)
+            self.state.status = st.STOPPED if self.stopping else st.JOB_DONE
+        except BaseException:
+            self.state.status = st.STOPPED
+            raise
+        finally:
+            self._timing("finished")
+            self._persist(force=True)
+            if cluster is not None:
+                cluster.shutdown()
+            plan.release()
+            if on_tick:
+                on_tick(self.state)
+        return self.state
+
+    def _drive(self, refs, hub, on_tick) -> None:
+        options = self.options
+        task = ray.remote(run_task).options(num_cpus=options.cpus_per_task, num_gpus=options.gpus_per_task,
+                                            max_retries=options.retries, retry_exceptions=True)
+        pending = deque(self.todo)
+        in_flight: dict = {}  # ObjectRef -> task name
+        while True:
+            self._apply_commands(hub, pending, in_flight)
+            while pending and not self.stopping and (not options.max_concurrent
+                                                     or len(in_flight) < options.max_concurrent):
+                name = pending.popleft()
+                spec = self.plan.spec(name)
+                ref = task.remote(refs, spec, self.plan.task_data[name], self.plan.task_settings[name], hub,
+                                  options.cpus_per_task, options.gpus_per_task, self.faults.get(name, 0))
+                in_flight[ref] = name
+            if not in_flight:
+                break
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=TICK_S)
+            if ready:
+                ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+                self._pull(hub)  # attempts and timings of the finished tasks
+            for ref in ready:
+                self._collect(ref, in_flight.pop(ref), hub)
+            self._pull(hub)
+            self._persist()
+            if on_tick:
+                on_tick(self.state)
+
+    def _collect(self, ref, name: str, hub) -> None:
+        """Record one finished task: bundle + row when it succeeded, a failed row otherwise."""
+        spec, settings, outputs = self.plan.spec(name), self.plan.task_settings[name], self.plan.outputs
+        task = self.state.tasks[name]
+        attempts = max(1, task.attempts)
+        try:
+            out = ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            out = {"cancelled": True}
+        except ray.exceptions.RayError as e:  # every attempt failed: the task's error or a lost worker/node
+            elapsed = time.time() - (task.started_at or time.time())
+            outputs.failed(spec, settings.mode, error_text(e), elapsed, attempts)
+            self._finished(hub, name, st.FAILED, error=error_text(e), seconds=elapsed)
+            return
+        if out.get("cancelled"):
+            if self.stopping:  # a stopped job leaves the task to --resume
+                hub.queued.remote([name])
+                task.status = st.QUEUED
+            else:
+                outputs.failed(spec, settings.mode, "cancelled", out.get("seconds", 0.0), attempts)
+                self._finished(hub, name, st.FAILED, error="cancelled", seconds=out.get("seconds"))
+            return
+        try:
+            row = outputs.done(spec, settings, out["state"], out["summary"], out["seconds"], attempts)
+        except Exception as e:  # the bundle could not take it: a failure of this task, not of the job
+            outputs.failed(spec, settings.mode, f"writing the bundle: {error_text(e)}", out["seconds"], attempts)
+            self._finished(hub, name, st.FAILED, error=error_text(e), seconds=out["seconds"])
+            return
+        self._finished(hub, name, st.DONE, value=row["value"], seconds=row["seconds"])
+        self._timing("first_result", once=True)
+
+    def _finished(self, hub, name: str, status: str, **fields) -> None:
+        hub.finished.remote(name, status, **fields)
+        task = self.state.tasks[name]
+        task.status = status
+        task.value = st.clean_number(fields.get("value"))
+        task.error, task.seconds = fields.get("error"), fields.get("seconds")
+        self._persist(force=True)
+
+    def _apply_commands(self, hub, pending: deque, in_flight: dict) -> None:
+        commands = st.take_commands(self.plan.job_dir)
+        while not self.commands.empty():
+            commands.append(self.commands.get_nowait())
+        for command in commands:
+            action, name = command["action"], command.get("task")
+            if action == "stop":
+                self.stopping = True
+                self.state.status = st.STOPPING
+                pending.clear()
+                hub.cancel.remote(list(self.state.tasks))
+                self._cancel_queued(in_flight)
+            elif action == "cancel" and name in self.state.tasks and not self.state.tasks[name].finished:
+                if name in pending:
+                    pending.remove(name)
+                    spec, mode = self.plan.spec(name), self.plan.task_settings[name].mode
+                    self.plan.outputs.failed(spec, mode, "cancelled", 0.0, self.state.tasks[name].attempts)
+                    self._finished(hub, name, st.FAILED, error="cancelled", seconds=0.0)
+                else:
+                    hub.cancel.remote([name])
+                    self._cancel_queued({r: n for r, n in in_flight.items() if n == name})
+            elif action == "retry_failed" and not self.stopping:
+                names = [n for n, t in self.state.tasks.items() if t.status == st.FAILED]
+                hub.queued.remote(names)
+                for n in names:
+                    self.state.tasks[n].status = st.QUEUED
+                pending.extend(names)
+
+    def _cancel_queued(self, in_flight: dict) -> None:
+        """Tasks submitted but not started yet are taken off Ray's queue; running ones stop at their
+        next progress report (the hub's cancel flag)."""
+        for ref, name in in_flight.items():
+            if self.state.tasks[name].status == st.QUEUED:
+                ray.cancel(ref)
+
+    # State -------------------------------------------------------------------------------------------
+
+    def _pull(self, hub) -> None:
+        """Merge the tasks the hub changed since the last pull into self.state."""
+        snapshot = ray.get(hub.snapshot.remote(self._seen_version))
+        self._seen_version = snapshot["version"]
+        for name, task in snapshot["tasks"].items():
+            mine = self.state.tasks[name]
+            fresh = TaskState.from_dict(task)
+            if mine.finished and not fresh.finished:  # the driver's word on the outcome wins
+                fresh = replace(fresh, status=mine.status, value=mine.value, error=mine.error, seconds=mine.seconds)
+            self.state.tasks[name] = fresh
+        if snapshot["first_progress_at"] and "first_progress" not in self.state.timings:
+            self.state.timings["first_progress"] = round(snapshot["first_progress_at"] - self.t0, 3)
+        if any(self.state.tasks[n].attempts for n in self.todo):
+            self._timing("first_start", once=True)
+
+    def _timing(self, what: str, once: bool = False) -> None:
+        if not (once and what in self.state.timings):
+            self.state.timings[what] = round(time.time() - self.t0, 3)
+
+    def _persist(self, force: bool = False) -> None:
+        """Publish the state to this process's clients (every call) and to state.json (at most every
+        PERSIST_S, or when forced)."""
+        self.snapshot = self.state.to_dict()
+        now = time.monotonic()
+        if force or now - self._persisted_at >= PERSIST_S:
+            self._persisted_at = now
+            self.state.updated_at = time.time()
+            st.write_state(self.plan.job_dir, self.state)
+
+    def _check_fits(self, cluster: dict) -> None:
+        """A task that needs more than the cluster has would wait forever: say so instead."""
+        cpus, gpus = self.options.cpus_per_task, self.options.gpus_per_task
+        if cpus > cluster["cpus"] or gpus > cluster["gpus"]:
+            raise ValueError(f"a task needs {cpus:g} CPU and {gpus:g} GPU but the cluster has {cluster['cpus']:g} "
+                             f"CPU and {cluster['gpus']:g} GPU in all; lower --cpus-per-task / --gpus-per-task")

@@ -1,0 +1,159 @@
+"""Everything a job checks before any worker starts: spec, data, backbone, settings, the job directory.
+
+No Ray here: a bad spec, bad data, a bad checkpoint or an override that cannot work fails in
+`plan_job` with a message naming the file, the entry and the field, before a cluster is started.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.results import JobOutputs, bundle_path, read_results, results_path
+from orchestrator.state import CONTROL_DIR, STATE_FILE
+
+LOCK_FILE = ".lock"
+
+
+@dataclass
+class JobPlan:
+    """A validated job: its inputs loaded, the settings of each task, and the tasks still to run."""
+
+    job_dir: Path
+    job: object  # tasks.JobSpec
+    sequences: object  # tasks.Sequences
+    task_data: dict  # name -> tasks.TaskData
+    backbone: object  # peterrec Backbone (CPU)
+    backbone_path: Path
+    fingerprint: str
+    settings: object  # FinetuneSettings given on the command line
+    task_settings: dict  # name -> FinetuneSettings with the task's overrides
+    tasks: list  # the selected TaskSpecs, in spec order
+    outputs: JobOutputs
+    lock: object = field(default=None, repr=False)  # open file holding JOB_DIR/.lock
+
+    @property
+    def todo(self) -> list:
+        """Selected tasks without a `done` row."""
+        return [t for t in self.tasks if self.outputs.status(t.name) != "done"]
+
+    def spec(self, name: str):
+        return self.job.task(name)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+
+def plan_job(spec_path, backbone_path, job_dir, settings, only=None, resume: bool = False,
+             force: bool = False) -> JobPlan:
+    """Load and check everything; then take JOB_DIR (a lock held until `release`) and, with `force`,
+    clear the previous job's outputs. Raises DataError, CheckpointError, ValueError or FileExistsError."""
+    from peterrec.bundle import backbone_fingerprint
+    from peterrec.checkpoint import load_backbone
+    from tasks import load_job
+
+    job_dir = Path(job_dir)
+    if resume and force:
+        raise ValueError("--resume keeps a job's finished tasks and --force deletes them: pass only one")
+    if job_dir.exists() and not job_dir.is_dir():
+        raise FileExistsError(f"{job_dir} exists and is not a directory")
+    if job_dir.is_dir() and any(job_dir.iterdir()) and not (resume or force):
+        raise FileExistsError(f"{job_dir} already exists and is not empty (pass --resume to continue it, "
+                              f"--force to start over)")
+    job, sequences, task_data = load_job(spec_path)
+    backbone, _ = load_backbone(backbone_path, "cpu")
+    backbone.requires_grad_(False)
+    if job.vocab_size > backbone.config.vocab_size:
+        raise ValueError(f"{job.path}: the tasks use {job.vocab_size} source items but the backbone "
+                         f"{backbone_path} knows only {backbone.config.vocab_size}")
+    tasks = selected_tasks(job, only)
+    task_settings = {t.name: task_settings_for(job, t, settings, backbone.config, task_data[t.name])
+                     for t in tasks}
+    fingerprint = backbone_fingerprint(backbone)
+    rows = read_results(job_dir) if resume else []
+    if resume:
+        check_bundle_backbone(job_dir, fingerprint)
+    lock = take_job_dir(job_dir)
+    if force:
+        for name in (results_path(job_dir).name, STATE_FILE):
+            (job_dir / name).unlink(missing_ok=True)
+        for folder in (bundle_path(job_dir), job_dir / CONTROL_DIR):
+            shutil.rmtree(folder, ignore_errors=True)
+    return JobPlan(job_dir, job, sequences, task_data, backbone, Path(backbone_path), fingerprint, settings,
+                   task_settings, tasks, JobOutputs(job_dir, backbone, fingerprint, rows), lock)
+
+
+def selected_tasks(job, only) -> list:
+    """The spec's tasks, or those named by --only (repeated or comma-separated), in spec order."""
+    if not only:
+        return list(job.tasks)
+    names = [n.strip() for item in only for n in item.split(",") if n.strip()]
+    unknown = [n for n in names if n not in {t.name for t in job.tasks}]
+    if unknown:
+        raise ValueError(f"--only: no task {', '.join(map(repr, unknown))} in {job.path} "
+                         f"(tasks: {', '.join(t.name for t in job.tasks)})")
+    return [t for t in job.tasks if t.name in names]
+
+
+def task_settings_for(job, task_spec, settings, backbone_config, task_data):
+    """The task's settings with its overrides, checked against the backbone (DataError naming the entry)."""
+    from peterrec.finetune import with_overrides
+    from peterrec.modes import MODES, PATCHED_MODES
+    from tasks import DataError
+
+    index = job.tasks.index(task_spec)
+    where = f"task[{index}] '{task_spec.name}'"
+    try:
+        task_settings = with_overrides(settings, task_spec.overrides or {})
+        if task_settings.mode not in MODES:
+            raise ValueError(f"unknown mode {task_settings.mode!r} (expected one of {', '.join(MODES)})")
+        if task_settings.mode in PATCHED_MODES:
+            task_settings.patch.width(backbone_config.channels)
+        blocks = len(backbone_config.dilations)
+        if task_settings.mode == "finelast" and not 1 <= task_settings.finelast_blocks <= blocks:
+            raise ValueError(f"finelast_blocks must lie in 1..{blocks} (got {task_settings.finelast_blocks})")
+    except (ValueError, TypeError) as e:
+        raise DataError(job.path, str(e), row=index, field="overrides", where=where) from None
+    if len(task_data.part("train")[0]) == 0:
+        raise DataError(task_spec.data, "no rows in split 'train': nothing to fine-tune on", field="split")
+    return task_settings
+
+
+def check_bundle_backbone(job_dir: Path, fingerprint: str) -> None:
+    """A resumed job must use the backbone its bundle was trained on."""
+    import json
+
+    index = bundle_path(job_dir) / "index.json"
+    if not index.exists():
+        return
+    try:
+        found = json.loads(index.read_text())["backbone"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{index}: unreadable bundle index ({e}); pass --force to start over") from None
+    if found != fingerprint:
+        raise ValueError(f"{index}: the bundle was trained on backbone {found[:16]}..., not on this one "
+                         f"({fingerprint[:16]}...); resume with the same --backbone, or pass --force")
+
+
+def take_job_dir(job_dir: Path):
+    """Lock JOB_DIR for this process (released when the process ends, even by SIGKILL)."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(job_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise FileExistsError(f"{job_dir} is in use by a running job (pid {owner}); wait for it or stop it") \
+            from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

@@ -1,0 +1,197 @@
+"""The live state of a fine-tuning job: what the progress hub holds, state.json stores and clients read.
+
+Plain dataclasses of JSON types, no Ray: the hub (an actor), the driver, the CLI display and the TUI
+all speak this one model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+# Task status, in the order a task moves through them.
+QUEUED, RUNNING, RETRYING, DONE, FAILED = "queued", "running", "retrying", "done", "failed"
+FINISHED = (DONE, FAILED)
+# Job status.
+STARTING, JOB_RUNNING, STOPPING, JOB_DONE, STOPPED, LOST = "starting", "running", "stopping", "done", "stopped", "lost"
+
+HISTORY_POINTS = 120  # per task curve; halved (every other point kept) when full
+
+
+@dataclass
+class TaskState:
+    """One task as the TUI sees it."""
+
+    name: str
+    kind: str
+    metric_name: str  # the task's metric, e.g. accuracy or mrr@5
+    status: str = QUEUED  # queued | running | retrying | done | failed
+    step: int = 0
+    total: int = 0  # optimiser steps of the current attempt
+    epoch: int = 0
+    loss: float | None = None
+    metric: float | None = None  # latest validation metric
+    value: float | None = None  # the test metric, once done
+    samples_per_s: float | None = None
+    attempts: int = 0  # attempts started (Ray retries included)
+    error: str | None = None  # last error text
+    node: str | None = None  # node IP and worker pid of the current attempt
+    pid: int | None = None
+    started_at: float | None = None  # wall clock of the first attempt's start
+    updated_at: float | None = None
+    seconds: float | None = None  # of the successful attempt, or until the final failure
+    history: list[list] = field(default_factory=list)  # [step, loss, metric] points of the latest attempt
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def to_dict(self) -> dict:
+        # Not dataclasses.asdict: it deep-copies every curve point, about 1000x slower for a 100-task job.
+        # Points are replaced, never changed in place, so a shallow copy of the curve is a snapshot.
+        d = {name: getattr(self, name) for name in TASK_FIELDS}
+        d["history"] = list(self.history)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskState":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def add_point(self, step: int, loss: float | None, metric: float | None) -> None:
+        if self.history and self.history[-1][0] == step:
+            self.history[-1] = [step, loss, metric]
+            return
+        self.history.append([step, loss, metric])
+        if len(self.history) > HISTORY_POINTS:
+            self.history = self.history[::2]
+
+
+@dataclass
+class JobState:
+    """A whole job: its settings, its cluster, and every task."""
+
+    job_dir: str
+    status: str = STARTING  # starting | running | stopping | done | stopped | lost (driver gone)
+    mode: str = ""
+    spec: str = ""
+    backbone: str = ""
+    pid: int | None = None  # the driver process, its host and its start time (tells it from a reused pid)
+    host: str | None = None
+    pid_started: float | None = None
+    address: str | None = None  # the Ray cluster
+    cluster: dict = field(default_factory=dict)  # nodes, CPU, GPU
+    resources: dict = field(default_factory=dict)  # per task: cpus, gpus; max_concurrent, retries
+    timings: dict = field(default_factory=dict)  # seconds since command start: ray_ready, first_progress, ...
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in (QUEUED, RUNNING, RETRYING, DONE, FAILED)}
+        for task in self.tasks.values():
+            out[task.status] = out.get(task.status, 0) + 1
+        return out
+
+    @property
+    def finished(self) -> int:
+        return sum(t.finished for t in self.tasks.values())
+
+    @property
+    def samples_per_s(self) -> float:
+        """Aggregate training rate of the running tasks."""
+        return sum(t.samples_per_s or 0.0 for t in self.tasks.values() if t.status == RUNNING)
+
+    def to_dict(self) -> dict:
+        d = {name: getattr(self, name) for name in JOB_FIELDS}
+        d["cluster"] = {k: list(v) if isinstance(v, list) else v for k, v in self.cluster.items()}
+        d["resources"], d["timings"] = dict(self.resources), dict(self.timings)
+        d["tasks"] = {name: t.to_dict() for name, t in self.tasks.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobState":
+        known = {f.name for f in fields(cls)}
+        state = cls(**{k: v for k, v in d.items() if k in known and k != "tasks"})
+        state.tasks = {name: TaskState.from_dict(t) for name, t in d.get("tasks", {}).items()}
+        return state
+
+
+TASK_FIELDS = tuple(f.name for f in fields(TaskState))
+JOB_FIELDS = tuple(f.name for f in fields(JobState) if f.name != "tasks")
+
+
+# On disk: the driver writes JOB_DIR/state.json; clients drop commands into JOB_DIR/control/.
+
+STATE_FILE = "state.json"
+CONTROL_DIR = "control"
+ACTIONS = ("cancel", "retry_failed", "stop")
+
+
+def write_state(job_dir: str | Path, state: JobState) -> None:
+    """Atomically replace JOB_DIR/state.json (temporary file + rename; readers never see half a file)."""
+    path = Path(job_dir) / STATE_FILE
+    text = json.dumps(state.to_dict(), allow_nan=False, default=_json_number)
+    handle, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_state(job_dir: str | Path) -> JobState | None:
+    path = Path(job_dir) / STATE_FILE
+    try:
+        return JobState.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+
+
+def send_command(job_dir: str | Path, action: str, task: str | None = None) -> Path:
+    """Leave a command for the driver of the job (it polls JOB_DIR/control/ a few times a second)."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r} (expected one of {', '.join(ACTIONS)})")
+    folder = Path(job_dir) / CONTROL_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
+    handle, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump({"action": action, "task": task}, out)
+    os.replace(tmp, folder / name)
+    return folder / name
+
+
+def take_commands(job_dir: str | Path) -> list[dict]:
+    """Driver side: the commands left since the last call, oldest first (each is read once)."""
+    folder = Path(job_dir) / CONTROL_DIR
+    if not folder.is_dir():
+        return []
+    commands = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            command = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            command = None
+        path.unlink(missing_ok=True)
+        if isinstance(command, dict) and command.get("action") in ACTIONS:
+            commands.append(command)
+    return commands
+
+
+def _json_number(value):
+    """numpy scalars and the like, as plain numbers."""
+    return float(value)
+
+
+def clean_number(value: float | None) -> float | None:
+    """NaN and infinities are stored as null (state.json is strict JSON)."""
+    return None if value is None or not math.isfinite(value) else float(value)

@@ -1,0 +1,277 @@
+"""The Ray orchestrator in one process: the real `finetune` command on tiny synthetic tasks, resume,
+failures and retries, the client API (attach, cancel, stop), and the zero-copy backbone in a worker.
+
+Ray is started once for the module (2 CPUs, small object store) and reused by every command run here;
+multi-node and driver-kill scenarios, which need their own clusters, are in test_orchestrator_cluster.py.
+"""
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cli
+from orchestrator.results import read_results
+
+SIZES = {"tasks": 5, "users": 200, "items": 60, "max_len": 20}
+
+
+def make_world(root: Path, seed: int = 3, **sizes) -> tuple[Path, Path]:
+    """(spec path, backbone checkpoint) of a tiny synthetic world with a random 16-channel, 2-block backbone."""
+    from peterrec import Backbone, BackboneConfig
+    from peterrec.checkpoint import save_checkpoint
+    from tasks.synth import synthesize
+
+    sizes = {**SIZES, **sizes}
+    spec = synthesize(root / "data", seed=seed, **sizes)
+    torch.manual_seed(seed)
+    backbone = Backbone(BackboneConfig(vocab_size=sizes["items"] + 1, channels=16, dilations=(1, 2),
+                                       max_len=sizes["max_len"]))
+    save_checkpoint(root / "backbone", backbone)
+    return spec, root / "backbone"
+
+
+def finetune_args(spec, backbone, out, *extra, steps: int = 6) -> list[str]:
+    return ["finetune", "--backbone", str(backbone), "--tasks", str(spec), "--out", str(out),
+            "--max-steps", str(steps), "--epochs", "1", "--batch-size", "32", "--ui", "plain",
+            "--num-cpus", "2", "--object-store-mb", "100", *map(str, extra)]
+
+
+def task_names(spec) -> list[str]:
+    from tasks import load_spec
+
+    return [t.name for t in load_spec(spec).tasks]
+
+
+def bundle_hashes(job_dir: Path) -> dict[str, str]:
+    """SHA-256 over every file (name and bytes) of each task directory of JOB_DIR/bundle."""
+    out = {}
+    for folder in sorted((Path(job_dir) / "bundle" / "tasks").iterdir()):
+        digest = hashlib.sha256()
+        for path in sorted(folder.rglob("*")):
+            digest.update(path.name.encode() + path.read_bytes())
+        out[folder.name] = digest.hexdigest()
+    return out
+
+
+def wait_for(condition, timeout: float = 60.0, poll: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(poll)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from orchestrator.cluster import connect
+
+    cluster = connect(num_cpus=2, object_store_mb=200)
+    yield cluster
+    cluster.shutdown()
+
+
+def test_finetune_runs_every_task_on_ray(world, ray_cluster, tmp_path, capsys):
+    from orchestrator.client import JobClient
+    from peterrec.bundle import open_bundle
+    from peterrec.checkpoint import load_backbone
+    from peterrec.efficiency import count_parameters
+
+    spec, backbone_dir = world
+    out = tmp_path / "job"
+    assert cli.main(finetune_args(spec, backbone_dir, out)) == 0
+    names = task_names(spec)
+    rows = read_results(out)
+    assert [r["task"] for r in rows] == sorted(names)
+    backbone, _ = load_backbone(backbone_dir)
+    for row in rows:
+        assert row["status"] == "done" and row["attempts"] == 1 and row["error"] is None, row
+        assert row["mode"] == "peterrec" and 0.0 <= row["value"] <= 1.0
+        assert row["backbone_params"] == count_parameters(backbone)
+        assert 0 < row["trained_params"] and 0 < row["ratio_vs_fineall"] < 100
+    bundle = open_bundle(out)
+    assert sorted(bundle.names) == sorted(names)
+    assert bundle.verify(backbone) == []
+    state = JobClient.attach(out).state()
+    assert state.status == "done" and state.cluster["node_ips"] == ["127.0.0.1"]
+    assert {t.status for t in state.tasks.values()} == {"done"}
+    assert all(t.step == t.total > 0 and t.history for t in state.tasks.values())
+    assert {"ray_ready", "first_progress", "first_result", "finished"} <= set(state.timings)
+    printed = capsys.readouterr().out
+    assert f"[{len(names)}/{len(names)}]" in printed
+
+
+def test_ray_trains_like_the_in_process_loop(world, ray_cluster, tmp_path):
+    """The worker path (shared zero-copy backbone, 1 thread) gives the in-process path's weights."""
+    from safetensors.torch import load_file
+
+    spec, backbone_dir = world
+    names = [task_names(spec)[0], next(n for n in task_names(spec) if "coldrec" in n)]
+    only = ["--only", ",".join(names)]
+    assert cli.main(finetune_args(spec, backbone_dir, tmp_path / "ray", *only)) == 0
+    assert cli.main(finetune_args(spec, backbone_dir, tmp_path / "local", *only, "--in-process")) == 0
+    for name in names:
+        ray_state, local_state = (load_file(str(tmp_path / job / "bundle" / "tasks" / name /
+                                                 "adapter_model.safetensors")) for job in ("ray", "local"))
+        assert ray_state.keys() == local_state.keys()
+        for key in ray_state:
+            torch.testing.assert_close(ray_state[key], local_state[key], atol=1e-5, rtol=1e-4)
+
+
+def test_resume_runs_only_unfinished_tasks_and_keeps_bundles(world, ray_cluster, tmp_path):
+    spec, backbone_dir = world
+    out = tmp_path / "job"
+    first = task_names(spec)[::2][:2]
+    assert cli.main(finetune_args(spec, backbone_dir, out, "--only", ",".join(first))) == 0
+    before = bundle_hashes(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "bundle" / "tasks").rglob("*")}
+    assert sorted(before) == first
+    with pytest.raises(SystemExit) as exit_info:  # an existing JOB_DIR needs --resume or --force
+        cli.main(finetune_args(spec, backbone_dir, out))
+    assert exit_info.value.code == 2
+    assert cli.main(finetune_args(spec, backbone_dir, out, "--resume")) == 0
+    after = bundle_hashes(out)
+    assert sorted(after) == sorted(task_names(spec))
+    assert {n: after[n] for n in first} == before  # finished bundles untouched, byte for byte
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    rows = read_results(out)
+    assert sorted(r["task"] for r in rows) == sorted(task_names(spec))
+    assert all(r["status"] == "done" and r["attempts"] == 1 for r in rows)
+    # Resuming a complete job runs nothing and changes nothing.
+    assert cli.main(finetune_args(spec, backbone_dir, out, "--resume")) == 0
+    assert bundle_hashes(out) == after
+
+
+def test_failing_task_is_retried_then_recorded_without_stopping_others(world, ray_cluster, tmp_path,
+                                                                      monkeypatch):
+    spec, backbone_dir = world
+    out = tmp_path / "job"
+    bad, flaky, *others = task_names(spec)
+    # `bad` fails every attempt; `flaky` fails its first attempt only.
+    monkeypatch.setenv("PETERREC_FAIL_TASKS", f"{bad},{flaky}:1")
+    assert cli.main(finetune_args(spec, backbone_dir, out, "--retries", 1)) == 1
+    rows = {r["task"]: r for r in read_results(out)}
+    assert rows[bad]["status"] == "failed" and rows[bad]["attempts"] == 2
+    assert "InjectedFailure" in rows[bad]["error"]
+    assert rows[flaky]["status"] == "done" and rows[flaky]["attempts"] == 2
+    assert all(rows[n]["status"] == "done" and rows[n]["attempts"] == 1 for n in others)
+    assert bad not in bundle_hashes(out)
+    # --resume retries only the failed task (which now succeeds).
+    monkeypatch.delenv("PETERREC_FAIL_TASKS")
+    before = bundle_hashes(out)
+    assert cli.main(finetune_args(spec, backbone_dir, out, "--resume")) == 0
+    rows = {r["task"]: r for r in read_results(out)}
+    assert all(r["status"] == "done" for r in rows.values())
+    after = bundle_hashes(out)
+    assert {n: after[n] for n in before} == before
+
+
+def test_client_attaches_cancels_and_stops_a_running_job(world, ray_cluster, tmp_path):
+    """A client without the job object (as in another process) reads state.json and sends commands."""
+    from commands.finetune import settings_from
+    from orchestrator.client import JobClient
+    from orchestrator.job import FinetuneJob, JobOptions
+    from orchestrator.plan import plan_job
+
+    spec, backbone_dir = world
+    out = tmp_path / "job"
+    args = cli.build_parser().parse_args(finetune_args(spec, backbone_dir, out, steps=100_000) + ["--epochs", "10000"])
+    a, b, c = task_names(spec)[:3]
+    plan = plan_job(spec, backbone_dir, out, settings_from(args), [f"{a},{b},{c}"])
+    job = FinetuneJob(plan, JobOptions(cpus_per_task=1, max_concurrent=2, retries=0))
+    finished = {}
+    runner = threading.Thread(target=job.run)
+    runner.start()
+    try:
+        wait_for(lambda: (out / "state.json").exists())
+        client = JobClient.attach(out)
+        wait_for(lambda: sum(t.status == "running" and t.step > 0 for t in client.state().tasks.values()) == 2)
+        state = client.state()
+        assert state.status == "running" and client.live
+        running = sorted(n for n, t in state.tasks.items() if t.status == "running")
+        assert running == [a, b] and state.tasks[c].status == "queued"
+        assert state.tasks[a].loss is not None and state.tasks[a].samples_per_s > 0
+        client.cancel(a)
+        wait_for(lambda: client.task(a).status == "failed")
+        assert client.task(a).error == "cancelled"
+        client.stop()
+        runner.join(60)
+        assert not runner.is_alive()
+    finally:
+        job.stop()
+        runner.join(60)
+    state = client.state()
+    assert state.status == "stopped" and not client.live
+    rows = {r["task"]: r for r in client.results()}
+    assert rows[a]["status"] == "failed" and rows[a]["error"] == "cancelled"
+    assert b not in rows and c not in rows  # interrupted or never started: left for --resume
+    with pytest.raises(RuntimeError, match="not running"):
+        client.retry_failed()
+
+
+def test_backbone_is_read_zero_copy_in_workers(world, ray_cluster):
+    """In a worker the backbone's tensors are the object store's shared memory, read-only, built once
+    per process, and training a task over it neither copies nor changes it."""
+    import ray
+
+    from orchestrator.shared import share
+    from peterrec.checkpoint import load_backbone
+    from tasks import load_job
+
+    spec, backbone_dir = world
+    job, sequences, task_data = load_job(spec)
+    backbone, _ = load_backbone(backbone_dir)
+    refs = share(backbone, sequences)
+
+    @ray.remote(num_cpus=1)
+    def inspect(refs, task_spec, data):
+        from orchestrator.shared import shared_backbone as get_backbone, shared_sequences
+        from peterrec.finetune import FinetuneSettings, finetune_task
+        from peterrec.training import TrainConfig
+
+        maps = []
+        for line in open("/proc/self/maps"):
+            parts = line.split()
+            low, high = (int(x, 16) for x in parts[0].split("-"))
+            maps.append((low, high, parts[1], " ".join(parts[5:])))
+
+        def region(ptr):
+            return next(((perms, path) for low, high, perms, path in maps if low <= ptr < high), None)
+
+        built = get_backbone(refs)
+        tensors = dict(built.state_dict())
+        pointers = {k: t.data_ptr() for k, t in tensors.items()}
+        before = {k: t.clone() for k, t in tensors.items()}
+        settings = FinetuneSettings(train=TrainConfig(epochs=1, max_steps=3, batch_size=16))
+        finetune_task(built, task_spec, data, shared_sequences(refs), settings, torch.device("cpu"))
+        return {
+            "same_object": get_backbone(refs) is built,
+            "regions": {k: region(p) for k, p in pointers.items()},
+            "frozen": all(not p.requires_grad for p in built.parameters()),
+            "pointers_kept": all(t.data_ptr() == pointers[k] for k, t in built.state_dict().items()),
+            "unchanged": all(torch.equal(t, before[k]) for k, t in built.state_dict().items()),
+            "sequences_shared": region(shared_sequences(refs).items.ctypes.data),
+            # Another read of the object is a view of the same buffer: read-only, at the tensors' addresses.
+            "writable": [k for k, a in ray.get(refs.backbone).items() if a.flags.writeable],
+            "same_memory": all(ray.get(refs.backbone)[k].ctypes.data == p for k, p in pointers.items()),
+        }
+
+    name = job.tasks[0].name
+    out = ray.get(inspect.remote(refs, job.task(name), task_data[name]))
+    assert out["same_object"] and out["frozen"] and out["pointers_kept"] and out["unchanged"]
+    assert out["writable"] == [] and out["same_memory"]
+    for key, (perms, path) in out["regions"].items():
+        assert "plasma" in path and perms.endswith("s"), (key, perms, path)  # a shared mapping of the store
+    assert "plasma" in out["sequences_shared"][1]
+    # What was put is the checkpoint's weights, as numpy (the form Ray shares without copying).
+    arrays = ray.get(refs.backbone)
+    for key, tensor in backbone.state_dict().items():
+        np.testing.assert_array_equal(arrays[key], tensor.numpy())
