@@ -5,9 +5,14 @@ from __future__ import annotations
 HELP = "pretrain a causal (next item) or non-causal (cloze) backbone on item sequences"
 DESCRIPTION = """Pretrain one backbone on the source domain's item sequences and save it as a checkpoint
 directory (model.safetensors + config.json). A causal backbone (NextItNet) learns next-item prediction;
-a non-causal one (GRec encoder) learns to fill in masked items. Example:
+a non-causal one (GRec encoder) learns to fill in masked items. Examples:
 
-  python cli.py pretrain --data data/demo --out runs/demo/backbone --epochs 3"""
+  python cli.py pretrain --data data/demo --out runs/demo/backbone --epochs 3
+  python cli.py pretrain --data data/demo --out runs/demo/backbone --epochs 3 --workers 2
+
+With --workers N > 1 the run is data-parallel on Ray Train (DDP; each worker trains on its shard of the
+users, --batch-size is split across them) and checkpoints every epoch into --storage (default OUT.ray);
+an interrupted run continues from its latest checkpoint: the same command plus --resume."""
 
 
 def add_arguments(parser):
@@ -16,7 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--data", required=True,
                         help="a data directory (with tasks.toml), a task spec .toml, or a sequences .parquet")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out if it exists (and, with --workers > 1, an earlier run in --storage)")
     arch = parser.add_argument_group("backbone")
     arch.add_argument("--arch", choices=["causal", "noncausal"], default="causal",
                       help="causal: NextItNet, next-item objective; noncausal: GRec encoder, cloze objective")
@@ -29,8 +35,16 @@ def add_arguments(parser):
                       help="train against S sampled negatives instead of the full softmax (large catalogues)")
     parser.add_argument("--valid-fraction", type=float, default=0.05, help="share of users held out for the loss")
     parser.add_argument("--workers", type=int, default=1,
-                        help="data-parallel workers; 1 runs in this process (Ray Train comes with the "
-                             "orchestrator)")
+                        help="data-parallel workers on Ray Train (DDP); 1 runs in this process, without Ray")
+    ray = parser.add_argument_group("Ray Train (--workers > 1)")
+    ray.add_argument("--storage", default=None,
+                     help="directory for the run's Ray Train checkpoints, reachable from every node "
+                          "(default: OUT.ray beside --out)")
+    ray.add_argument("--resume", action="store_true",
+                     help="continue the run in --storage from its latest checkpoint (same settings; "
+                          "--epochs and --max-steps may change)")
+    ray.add_argument("--address", default=None,
+                     help="join the Ray cluster at this address (default: start one on 127.0.0.1)")
     add_train_flags(parser, epochs=3, batch_size=64, lr=1e-3)
 
 
@@ -53,13 +67,17 @@ def load_sequences(data: str):
 def run(args) -> int:
     from commands._common import fail, user_errors
 
-    if args.workers != 1:
-        return fail("--workers > 1 (Ray Train) is not available yet: it comes with the [orchestrator] issue")
+    if args.workers < 1:
+        return fail(f"--workers must be >= 1 (got {args.workers})")
+    ray_only = [flag for flag, value in (("--storage", args.storage), ("--resume", args.resume),
+                                         ("--address", args.address)) if value]
+    if args.workers == 1 and ray_only:
+        return fail(f"{', '.join(ray_only)} only apply to a Ray Train run (--workers > 1)")
     with user_errors():
-        return pretrain_in_process(args)
+        return pretrain_command(args)
 
 
-def pretrain_in_process(args) -> int:
+def pretrain_command(args) -> int:
     from pathlib import Path
 
     import torch
@@ -84,23 +102,55 @@ def pretrain_in_process(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} already exists and is not empty (pass --force to replace it)")
+    where = f"device {device}" if args.workers == 1 else f"{args.workers} Ray Train workers ({device.type})"
     console.print(f"pretraining a {config.arch} backbone on {len(sequences):,} users, {vocab_size - 1:,} items, "
-                  f"device {device}")
+                  f"{where}")
+    extra_info, extra_rows = {}, []
     with training_progress(console) as progress:
-        outcome = pretrain(sequences, config, train_config, args.sampled_softmax, device, args.valid_fraction,
-                           on_progress=TrainingBar(progress, "pretrain"))
+        bar = TrainingBar(progress, "pretrain")
+        if args.workers == 1:
+            outcome = pretrain(sequences, config, train_config, args.sampled_softmax, device, args.valid_fraction,
+                               on_progress=bar)
+        else:
+            ray_run = pretrain_with_ray(args, sequences, config, train_config, device, bar)
+            if ray_run is None:
+                return 1
+            outcome = ray_run.outcome
+            extra_info = {"workers": args.workers, "resumed_from_step": ray_run.resumed_from_step,
+                          "ray_storage": str(ray_run.storage)}
+            extra_rows = [("workers", str(args.workers)), ("ray storage", str(ray_run.storage))]
+            if ray_run.resumed_from_step:
+                extra_rows.append(("resumed from step", f"{ray_run.resumed_from_step:,}"))
     info = {"pretraining": {"objective": "next-item" if config.causal else "cloze",
                             "sampled_softmax": args.sampled_softmax, "train": train_config.to_dict(),
                             "users": len(sequences), "steps": outcome.result.steps,
                             "valid_loss_before": outcome.valid_loss_before,
-                            "valid_loss_after": outcome.valid_loss_after}}
+                            "valid_loss_after": outcome.valid_loss_after, **extra_info}}
     save_checkpoint(out, outcome.backbone, outcome.objective.output, info, force=args.force)
     table = Table(title="pretraining summary", show_header=False)
     for key, value in [("checkpoint", str(out)), ("architecture", config.arch),
                        ("backbone parameters", f"{count_parameters(outcome.backbone):,}"),
                        ("steps", f"{outcome.result.steps:,}"), ("seconds", f"{outcome.result.seconds:.1f}"),
                        ("samples/s", f"{outcome.result.samples_per_s:,.0f}"),
-                       ("validation loss", f"{outcome.valid_loss_before:.4f} -> {outcome.valid_loss_after:.4f}")]:
+                       ("validation loss", f"{outcome.valid_loss_before:.4f} -> {outcome.valid_loss_after:.4f}"),
+                       *extra_rows]:
         table.add_row(key, value)
     console.print(table)
     return 0
+
+
+def pretrain_with_ray(args, sequences, config, train_config, device, bar):
+    """The Ray Train run of --workers N; None (after printing why) when it failed."""
+    import sys
+
+    from orchestrator.pretrain_ray import PretrainFailed, RayOptions, default_storage, pretrain_on_ray
+
+    options = RayOptions(workers=args.workers, storage=args.storage or default_storage(args.out),
+                         resume=args.resume, force=args.force, address=args.address,
+                         use_gpu=device.type == "cuda")
+    try:
+        return pretrain_on_ray(sequences, config, train_config, options, args.sampled_softmax,
+                               args.valid_fraction, on_progress=bar)
+    except (PretrainFailed, ConnectionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
