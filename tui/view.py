@@ -1,0 +1,340 @@
+"""What the screens show, as plain data and Rich text: task rows, the job's totals, the efficiency panel.
+
+No Textual here, so the arithmetic (progress, ETA, ratios) is tested without an app. Times come from
+the state (its clock), never from the wall clock of the viewer, except "now" for a live job's ETA.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rich.text import Text
+
+from orchestrator import state as st
+from orchestrator.client import LIVE_STATUSES
+from orchestrator.state import JobState, TaskState
+from tui.budget import Budget, TaskBudget, from_results
+
+STATUS_STYLE = {st.QUEUED: "dim", st.RUNNING: "bold cyan", st.RETRYING: "bold yellow", st.DONE: "green",
+                st.FAILED: "bold red"}
+JOB_STYLE = {st.STARTING: "yellow", st.JOB_RUNNING: "bold cyan", st.STOPPING: "yellow", st.JOB_DONE: "bold green",
+             st.STOPPED: "bold yellow", st.LOST: "bold red"}
+METRIC_SHORT = {"accuracy": "acc"}
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    width: int  # content width; the table adds one cell of padding on each side
+    compact: bool = False  # shown on narrow terminals too
+
+
+COLUMNS = (
+    Column("task", "task", 16, compact=True),
+    Column("kind", "kind", 8),
+    Column("status", "status", 8, compact=True),
+    Column("progress", "progress", 10, compact=True),
+    Column("step", "step", 9),
+    Column("loss", "loss", 7, compact=True),
+    Column("metric", "metric", 12, compact=True),
+    Column("params", "trained", 8),
+    Column("ratio", "% FineAll", 9, compact=True),
+    Column("rate", "samples/s", 9),
+    Column("eta", "ETA", 7, compact=True),
+)
+# Terminal columns under which only the compact columns are shown: every column, its padding, a scrollbar.
+COMPACT_BELOW = sum(c.width + 2 for c in COLUMNS) + 2
+
+FILTERS = ("all", "running", "failed", "done", "queued")
+SORTS = ("spec", "task", "status", "progress", "loss", "metric", "ratio", "rate", "eta")
+ACTIVE = (st.RUNNING, st.RETRYING)
+STATUS_ORDER = {st.RUNNING: 0, st.RETRYING: 1, st.FAILED: 2, st.QUEUED: 3, st.DONE: 4}
+
+
+@dataclass
+class JobView:
+    """One poll of a job: its state, results.parquet rows by task, and the parameter budget."""
+
+    state: JobState
+    results: dict[str, dict] = field(default_factory=dict)
+    budget: Budget | None = None
+    now: float | None = None  # the poll's wall clock (None: use the state's own clock)
+    final: bool = False  # the job is over and this is its last state: no more polls needed
+
+    @property
+    def live(self) -> bool:
+        return self.state.status in LIVE_STATUSES
+
+    def task_budget(self, name: str) -> TaskBudget | None:
+        """Measured numbers of a finished task first (results.parquet), else the planned budget."""
+        row = self.results.get(name)
+        if row is not None:
+            measured = from_results([row]).get(name)
+            if measured is not None:
+                return measured
+        return self.budget.tasks.get(name) if self.budget is not None else None
+
+    @property
+    def clock(self) -> float:
+        return self.now if self.now is not None and self.live else self.state.updated_at
+
+
+# Numbers ------------------------------------------------------------------------------------------------
+
+
+def duration(seconds: float | None) -> str:
+    """3s, 2m05s, 1h02m; '' for None."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return ""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def count(n: float | None) -> str:
+    """1,234 / 12.3k / 4.56M / 1.2B: parameter counts that fit a narrow column."""
+    if n is None:
+        return ""
+    for threshold, divisor, unit in ((1e9, 1e9, "B"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if abs(n) >= threshold:
+            return f"{n / divisor:.3g}{unit}"
+    return f"{n:,.0f}"
+
+
+def number(value: float | None, fmt: str = ".4f") -> str:
+    return "" if value is None or not math.isfinite(value) else format(value, fmt)
+
+
+def bar(fraction: float, width: int, style: str = "cyan") -> Text:
+    """A block bar: eighths of a cell, so 100 tasks move it visibly."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = int(round(fraction * width * 8))
+    full, part = divmod(eighths, 8)
+    text = Text("█" * full, style=style)
+    if part and full < width:
+        text.append(" ▏▎▍▌▋▊▉"[part], style=style)
+        full += 1
+    text.append("━" * (width - full), style="grey35")
+    return text
+
+
+# Tasks ------------------------------------------------------------------------------------------------
+
+
+def task_fraction(task: TaskState) -> float:
+    if task.status == st.DONE:
+        return 1.0
+    return task.step / task.total if task.total else 0.0
+
+
+def task_eta(task: TaskState, now: float) -> float | None:
+    """Seconds left of a running task, from its own pace (steps since its start)."""
+    if task.status not in (st.RUNNING, st.RETRYING) or not task.total or not task.step or not task.started_at:
+        return None
+    elapsed = max((task.updated_at or now) - task.started_at, 0.0)
+    left = elapsed / task.step * (task.total - task.step)
+    return max(left - max(now - (task.updated_at or now), 0.0), 0.0)
+
+
+def task_cells(task: TaskState, budget: TaskBudget | None, now: float) -> dict[str, Text | str]:
+    """Every column of one task's row."""
+    style = STATUS_STYLE.get(task.status, "")
+    done = task.status == st.DONE
+    value = task.value if done else task.metric
+    metric = METRIC_SHORT.get(task.metric_name, task.metric_name or "")
+    bar_style = {st.DONE: "green", st.FAILED: "red", st.RETRYING: "yellow"}.get(task.status, "cyan")
+    return {
+        "task": Text(task.name, style="bold" if task.status == st.RUNNING else ""),
+        "kind": task.kind,
+        "status": Text(task.status, style=style),
+        "progress": bar(task_fraction(task), 10, bar_style) if task.total or done else Text(""),
+        "step": f"{task.step}/{task.total}" if task.total else "",
+        "loss": Text(number(task.loss), justify="right"),
+        "metric": Text(f"{metric} {number(value)}" if value is not None else "", justify="right",
+                       style="bold" if done else ""),
+        "params": Text(count(budget.trained) if budget else "", justify="right"),
+        "ratio": Text(f"{budget.ratio:.2f}%" if budget else "", justify="right"),
+        "rate": Text(number(task.samples_per_s, ",.0f") if task.status == st.RUNNING else "", justify="right"),
+        "eta": Text(duration(task_eta(task, now)), justify="right"),
+    }
+
+
+def sort_key(sort: str, task: TaskState, index: int, budget: TaskBudget | None, now: float):
+    """Ascending keys; missing values last; ties in spec order."""
+    missing = float("inf")
+    if sort == "task":
+        key = task.name
+    elif sort == "status":
+        key = STATUS_ORDER.get(task.status, 9)
+    elif sort == "progress":
+        key = -task_fraction(task)
+    elif sort == "loss":
+        key = task.loss if task.loss is not None else missing
+    elif sort == "metric":
+        value = task.value if task.status == st.DONE else task.metric
+        key = -value if value is not None else missing
+    elif sort == "ratio":
+        key = budget.ratio if budget else missing
+    elif sort == "rate":
+        key = -(task.samples_per_s or 0.0) if task.status == st.RUNNING else missing
+    elif sort == "eta":
+        eta = task_eta(task, now)
+        key = eta if eta is not None else missing
+    else:
+        key = 0
+    return (key, index)
+
+
+def visible_tasks(view: JobView, status_filter: str = "all", text: str = "", sort: str = "spec",
+                  reverse: bool = False) -> list[TaskState]:
+    """The rows to show, filtered by status and name, in the chosen order."""
+    wanted = {"all": None, "running": (st.RUNNING, st.RETRYING), "failed": (st.FAILED,), "done": (st.DONE,),
+              "queued": (st.QUEUED,)}[status_filter]
+    needle = text.strip().lower()
+    tasks = [(i, t) for i, t in enumerate(view.state.tasks.values())
+             if (wanted is None or t.status in wanted) and needle in t.name.lower()]
+    now = view.clock
+    tasks.sort(key=lambda it: sort_key(sort, it[1], it[0], view.task_budget(it[1].name), now), reverse=reverse)
+    return [t for _, t in tasks]
+
+
+# The job ------------------------------------------------------------------------------------------------
+
+
+def job_progress(state: JobState) -> float:
+    """Finished tasks plus the running ones' share of their steps, over all tasks."""
+    if not state.tasks:
+        return 0.0
+    return sum(1.0 if t.finished else task_fraction(t) for t in state.tasks.values()) / len(state.tasks)
+
+
+def job_elapsed(state: JobState, now: float) -> float | None:
+    if "finished" in state.timings:
+        return state.timings["finished"]
+    return max(now - state.started_at, 0.0) if state.status in LIVE_STATUSES else None
+
+
+def job_eta(state: JobState, now: float) -> float | None:
+    """Seconds left: the pace since the first task started, applied to the work left."""
+    if state.status not in LIVE_STATUSES:
+        return None
+    fraction = job_progress(state)
+    first = state.timings.get("first_start")
+    if first is None or fraction <= 0:
+        return None
+    elapsed = max(now - (state.started_at + first), 1e-9)
+    return elapsed * (1 - fraction) / fraction
+
+
+def summary_text(view: JobView, width: int = 200) -> Text:
+    """The aggregate header: status and counts, the overall bar and ETA, the cluster and throughput;
+    packed into as few lines as the width allows (4 at 80 columns, 2 at 200)."""
+    state, now = view.state, view.clock
+    counts = state.counts()
+    head = Text()
+    head.append("job ", style="dim").append(state.job_dir, style="bold")
+    if state.mode:
+        head.append("  mode ", style="dim").append(state.mode, style="bold")
+    head.append("  ").append(f" {state.status} ", style=f"reverse {JOB_STYLE.get(state.status, '')}")
+    tally = Text()
+    for status in (st.DONE, st.RUNNING, st.QUEUED, st.FAILED):
+        n = counts.get(status, 0) + (counts.get(st.RETRYING, 0) if status == st.RUNNING else 0)
+        tally.append(f"{n}", style=STATUS_STYLE[status] if n else "dim").append(f" {status}  ", style="dim")
+    tally.append(f"of {len(state.tasks)} tasks", style="dim")
+    fraction = job_progress(state)
+    progress = bar(fraction, 40 if width >= 120 else 20, "green" if not view.live else "cyan")
+    progress.append(f" {100 * fraction:5.1f}%")
+    eta, elapsed = job_eta(state, now), job_elapsed(state, now)
+    if eta is not None:
+        progress.append("  ETA ", style="dim").append(duration(eta), style="bold")
+    if elapsed is not None:
+        progress.append("  elapsed ", style="dim").append(duration(elapsed))
+    return pack([head, tally, progress, cluster_text(state)], width - 2)
+
+
+def pack(parts: list[Text], width: int, gap: str = "   ") -> Text:
+    """Parts side by side while they fit in `width`, else on the next line."""
+    lines: list[Text] = []
+    for part in parts:
+        if lines and lines[-1].cell_len + len(gap) + part.cell_len <= width:
+            lines[-1].append(gap).append_text(part)
+        else:
+            lines.append(part.copy())
+    return Text("\n").join(lines)
+
+
+def cluster_text(state: JobState) -> Text:
+    """Cluster resources in use (running tasks x per-task resources) and aggregate throughput."""
+    cluster, res = state.cluster or {}, state.resources or {}
+    running = sum(t.status in (st.RUNNING, st.RETRYING) for t in state.tasks.values())
+    text = Text()
+    if cluster:
+        nodes = cluster.get("nodes", 0)
+        text.append("cluster ", style="dim").append(f"{nodes} node{'s' if nodes != 1 else ''}")
+        cpus = running * res.get("cpus_per_task", 0.0)
+        text.append("  CPU ", style="dim").append(f"{cpus:g}/{cluster.get('cpus', 0):g}")
+        if cluster.get("gpus"):
+            gpus = running * res.get("gpus_per_task", 0.0)
+            text.append("  GPU ", style="dim").append(f"{gpus:g}/{cluster.get('gpus', 0):g}")
+    else:
+        text.append("cluster ", style="dim").append("starting" if state.status in LIVE_STATUSES else "-")
+    text.append("  throughput ", style="dim").append(f"{state.samples_per_s:,.0f} samples/s")
+    return text
+
+
+def efficiency_text(view: JobView, width: int = 200) -> Text:
+    """Backbone held once, the patch sets so far (and planned), against N full fine-tuned copies
+    (parameter counts abbreviated, 2.77M, under 100 columns)."""
+    n = (lambda x: f"{x:,}") if width >= 100 else count  # noqa: E731
+    state = view.state
+    names = list(state.tasks)
+    done = [n for n in names if state.tasks[n].status == st.DONE]
+    per_task = {n: view.task_budget(n) for n in names}
+    backbone = view.budget.backbone_params if view.budget else next(
+        (r.get("backbone_params") for r in view.results.values() if r.get("backbone_params")), None)
+    text = Text()
+    if backbone is None:
+        return text.append("parameter budget: waiting for the backbone or the first finished task", style="dim")
+    measured = [per_task[n] for n in done if per_task[n] is not None]
+    planned = [b for b in per_task.values() if b is not None]
+    text.append("backbone   ", style="dim").append(n(backbone), style="bold").append(" params, held once")
+    if planned:
+        ratios = [b.ratio for b in planned]
+        text.append("   per task ", style="dim").append(f"{sum(ratios) / len(ratios):.2f}%", style="bold")
+        text.append(" of FineAll" + (" (avg)" if len({round(r, 4) for r in ratios}) > 1 else ""))
+    text.append("\n")
+    patches = sum(b.stored for b in measured)
+    full = sum(b.fineall for b in measured)
+    text.append("patch sets ", style="dim").append(n(patches), style="bold")
+    text.append(f" params, {len(measured)} of {len(names)} tasks done")
+    if len(planned) == len(names) and len(measured) < len(names):
+        text.append(f"  ({n(sum(b.stored for b in planned))} when all are)", style="dim")
+    text.append("\n")
+    text.append("storage    ", style="dim")
+    if measured:
+        shared = backbone + patches
+        text.append(f"{n(shared)} params vs {len(measured)} full copies {n(full)}: ")
+        text.append(f"{100 * shared / full:.1f}%", style="bold green")
+        text.append(f" ({times(full, shared)})", style="dim")
+    elif planned and len(planned) == len(names):
+        shared = backbone + sum(b.stored for b in planned)
+        full = sum(b.fineall for b in planned)
+        text.append(f"planned {n(shared)} params vs {len(names)} full copies {n(full)}: ")
+        text.append(f"{100 * shared / full:.1f}%", style="bold")
+    else:
+        text.append("no task finished yet", style="dim")
+    if view.budget is not None and view.budget.estimated:
+        text.append("  (planned: default patch settings)", style="dim")
+    return text
+
+
+def times(full: int, shared: int) -> str:
+    """'12.3x smaller' (or larger: one task over a big backbone) than N full copies."""
+    if not shared or not full:
+        return ""
+    return f"{full / shared:.1f}x smaller" if shared <= full else f"{shared / full:.1f}x larger"
