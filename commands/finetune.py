@@ -47,9 +47,10 @@ def add_cluster_flags(parser) -> None:
                        help="CPUs of the embedded cluster (default: every core of this machine)")
     group.add_argument("--object-store-mb", type=int, default=None,
                        help="object store size of the embedded cluster (default: Ray's, 30%% of memory)")
-    group.add_argument("--ui", choices=["rich", "plain"], default=None,
-                       help="rich: live bar and task table; plain: one line per finished task "
-                            "(default: rich on a terminal, else plain)")
+    group.add_argument("--ui", choices=["rich", "plain", "tui"], default=None,
+                       help="rich: live bar and task table; plain: one line per finished task; tui: the "
+                            "full-screen terminal UI (rich without a terminal) (default: rich on a terminal, "
+                            "else plain)")
     group.add_argument("--in-process", action="store_true",
                        help="no Ray: run the tasks one after another in this process (for debugging)")
 
@@ -126,10 +127,19 @@ def finetune_on_ray(args, plan) -> int:
     console.print(f"fine-tuning {todo} of {len(plan.tasks)} tasks in mode {plan.settings.mode} on {where}; "
                   f"{args.cpus_per_task:g} CPU + {args.gpus_per_task:g} GPU per task")
     ui = args.ui or ("rich" if sys.stdout.isatty() else "plain")
+    if ui == "tui":
+        import tui
+
+        if not tui.available():
+            console.print("--ui tui needs a terminal: showing the progress display instead")
+            ui = "rich" if sys.stdout.isatty() else "plain"
     client = JobClient(plan.job_dir, job)
     try:
-        with make_display(ui, client, console) as display:
-            state = job.run(on_tick=display.update)
+        if ui == "tui":  # the job runs inside the UI; quitting the UI stops it (resumable)
+            state = tui.run_job(job)
+        else:
+            with make_display(ui, client, console) as display:
+                state = job.run(on_tick=display.update)
     except ConnectionError as e:  # --address that cannot be joined
         raise ValueError(str(e)) from None
     rows = plan.outputs.rows
