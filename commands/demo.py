@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-HELP = "run the demo: synthetic tasks -> pretrain -> parallel fine-tune -> bundle"
+HELP = "run the demo: synthetic tasks -> pretrain -> parallel fine-tune on Ray -> bundle"
 DESCRIPTION = """Generate a synthetic world of users and tasks, pretrain a backbone on its item sequences,
 fine-tune a patch set for every task, then show the bundle. Each step is the same command a user would
 type, printed before it runs, so the demo doubles as a tour of the CLI. Everything goes under --out."""
@@ -36,6 +36,7 @@ def steps(args) -> list[list[str]]:
          "--max-len", "30", "--epochs", str(pretrain_epochs), "--seed", str(args.seed), *force],
         ["finetune", "--backbone", backbone, "--tasks", data, "--out", job, "--mode", "peterrec",
          "--max-steps", str(finetune_steps), "--epochs", "100", "--seed", str(args.seed), *force],
+        ["bundle", "inspect", job],
     ]
 
 
@@ -52,5 +53,8 @@ def run(args) -> int:
             console.print(f"[red]demo stopped: `{argv[0]}` exited with {code}")
             return code
     console.print(Rule("[bold]done", align="left"))
-    console.print(f"Results: {args.out}/job/results.parquet")
+    job = f"{args.out.rstrip('/')}/job"
+    console.print(f"results: {job}/results.parquet   bundle: {job}/bundle/")
+    console.print("next: python cli.py tui --attach " + job + "    (review the job in the terminal UI)")
+    console.print(f"      python cli.py bundle export {job} --out demo-bundle.tar")
     return 0
