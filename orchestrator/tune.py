@@ -1,0 +1,271 @@
+"""Ray Tune hyper-parameter searches over the tasks of a spec: plan, run (or resume), write the outputs.
+
+One Tuner runs the whole search: every trial's config is drawn up front (tune_space.trial_points, seeded;
+sample 0 of each task is its baseline) and fed to Tune's BasicVariantGenerator in order, which
+interleaves the tasks, so all of them progress together and one pool of reused worker processes serves
+every trial. PerTaskScheduler keeps one ASHA per task: trials of different tasks (and metrics) are never
+compared. The backbone is put once (orchestrator.shared) and reaches every trial by reference through
+tune.with_parameters. OUT/ray/search is Tune's experiment; `resume` restores it with Tuner.restore.
+Design notes and measured figures: docs/TUNE.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.tune_results import BEST_FILE, DONE, FAILED, SPEC_FILE, STOPPED, TRIALS_FILE, UNFINISHED
+
+EXPERIMENT = "search"  # Tune's experiment: OUT/ray/search
+SEARCH_FILE = "search.json"  # what the search is; --resume checks it is asked the same search
+SCHEDULERS = ("asha", "pbt", "fifo")
+PBT_UNSUPPORTED = ("--scheduler pbt needs trials that checkpoint and restore their weights and optimizer, and "
+                   "peterrec.finetune.finetune_task exposes neither yet; use --scheduler asha (or fifo)")
+
+
+@dataclass
+class SearchOptions:
+    """How many trials, how they are scheduled, and where they run."""
+
+    samples: int = 8  # trials per task, its baseline included
+    scheduler: str = "asha"
+    evals: int = 8  # validation evaluations per trial (ASHA's rungs are counted in them)
+    address: str | None = None  # join this cluster; None: start an embedded loopback one
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # fractions share a GPU
+    max_concurrent: int = 0  # trials in flight at once; 0 = as many as the resources allow
+    retries: int = 2  # extra attempts of a failed trial (Tune's FailureConfig)
+    num_cpus: int | None = None  # embedded cluster size
+    num_gpus: int | None = None
+    object_store_mb: int | None = None
+
+    def __post_init__(self):
+        problems = []
+        if self.scheduler == "pbt":
+            problems.append(PBT_UNSUPPORTED)
+        elif self.scheduler not in SCHEDULERS:
+            problems.append(f"--scheduler must be one of {', '.join(SCHEDULERS)} (got {self.scheduler!r})")
+        for flag, value, low in (("--samples", self.samples, 1), ("--evals", self.evals, 1),
+                                 ("--max-concurrent", self.max_concurrent, 0), ("--retries", self.retries, 0)):
+            if value < low:
+                problems.append(f"{flag} must be >= {low} (got {value})")
+        if not self.cpus_per_trial > 0:
+            problems.append(f"--cpus-per-trial must be > 0 (got {self.cpus_per_trial})")
+        if self.gpus_per_trial < 0 or (self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial)):
+            problems.append(f"--gpus-per-trial must be a fraction of one GPU or a whole number "
+                            f"(got {self.gpus_per_trial})")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class SearchPlan:
+    """A validated search: its inputs loaded, its space and every trial's config."""
+
+    out_dir: Path
+    job: object  # tasks.JobSpec
+    sequences: object
+    task_data: dict
+    backbone: object
+    backbone_path: Path
+    settings: object  # FinetuneSettings of the command line
+    tasks: list  # the TaskSpecs searched
+    space: dict  # key -> tune_space.Dim
+    points: list[dict]  # every trial's config, in submission order
+    identity: dict  # what search.json records
+    resume: bool
+    lock: object = field(default=None, repr=False)
+
+    @property
+    def experiment(self) -> Path:
+        return self.out_dir / "ray" / EXPERIMENT
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+
+def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOptions, space_path=None,
+                only=None, resume: bool = False, force: bool = False) -> SearchPlan:
+    """Check everything before Ray starts (DataError / CheckpointError / ValueError / FileExistsError),
+    then take OUT (a lock held until `release`)."""
+    import shutil
+
+    from orchestrator.plan import selected_tasks, take_job_dir, task_settings_for
+    from orchestrator.tune_space import default_space, load_space, trial_points
+    from peterrec.bundle import backbone_fingerprint
+    from peterrec.checkpoint import load_backbone
+    from tasks import DataError, load_job
+
+    out_dir = Path(out_dir).absolute()
+    if resume and force:
+        raise ValueError("--resume keeps a search's finished trials and --force deletes them: pass only one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (resume or force):
+        raise FileExistsError(f"{out_dir} already exists and is not empty (pass --resume to continue its search, "
+                              f"--force to start over)")
+    job, sequences, task_data = load_job(spec_path)
+    backbone, _ = load_backbone(backbone_path, "cpu")
+    backbone.requires_grad_(False)
+    if job.vocab_size > backbone.config.vocab_size:
+        raise ValueError(f"{job.path}: the tasks use {job.vocab_size} source items but the backbone "
+                         f"{backbone_path} knows only {backbone.config.vocab_size}")
+    tasks = selected_tasks(job, only)
+    task_settings = {t.name: task_settings_for(job, t, settings, backbone.config, task_data[t.name]) for t in tasks}
+    for t in tasks:
+        if len(task_data[t.name].part("valid")[0]) == 0:
+            raise DataError(t.data, "no rows in split 'valid': a search ranks trials by the validation metric",
+                            field="split")
+    space = (load_space(space_path, settings.mode, backbone.config, settings) if space_path
+             else default_space(settings.mode, backbone.config, settings))
+    points = trial_points(space, tasks, task_settings, options.samples, settings.train.seed)
+    identity = {"spec": str(job.path), "backbone": backbone_fingerprint(backbone), "tasks": [t.name for t in tasks],
+                "settings": settings.to_dict(), "space": {k: d.to_dict() for k, d in space.items()},
+                "samples": options.samples, "scheduler": options.scheduler, "evals": options.evals}
+    saved = out_dir / SEARCH_FILE
+    if resume and saved.exists():
+        check_same_search(saved, identity)
+    elif resume and out_dir.is_dir() and any(p.name != ".lock" for p in out_dir.iterdir()):
+        raise FileNotFoundError(f"{out_dir} holds no search to resume ({SEARCH_FILE} is missing)")
+    lock = take_job_dir(out_dir)
+    if force:  # what a search writes, and nothing else (OUT may hold the tuned job, or be a user's folder)
+        shutil.rmtree(out_dir / "ray", ignore_errors=True)
+        for name in (SEARCH_FILE, TRIALS_FILE, BEST_FILE, SPEC_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    saved.write_text(json.dumps(identity, indent=2) + "\n")
+    return SearchPlan(out_dir, job, sequences, task_data, backbone, Path(backbone_path), settings, tasks, space,
+                      points, identity, resume, lock)
+
+
+def check_same_search(saved: Path, identity: dict) -> None:
+    """--resume continues the search OUT holds, so the command must describe that same search."""
+    before = json.loads(saved.read_text())
+    differ = sorted(k for k in identity if before.get(k) != identity[k])
+    if differ:
+        raise ValueError(f"{saved}: --resume must be given the same search as the interrupted one; these differ: "
+                         f"{', '.join(differ)} (use the original flags, or a new --out)")
+
+
+@dataclass
+class SearchOutcome:
+    rows: list[dict]  # trials.parquet
+    best: dict  # best.json
+    total: int  # trials the search has in all
+    interrupted: bool  # stopped before every trial ended: --resume continues it
+    paths: dict = field(default_factory=dict)  # what was written
+
+    @property
+    def complete(self) -> bool:
+        return not self.interrupted and all(b.get("score") is not None for b in self.best.values())
+
+
+class TuneSearch:
+    """Runs (or resumes) a planned search on Ray; `run()` blocks and writes the outputs."""
+
+    def __init__(self, plan: SearchPlan, options: SearchOptions, finetune_command: str):
+        self.plan, self.options, self.command = plan, options, finetune_command
+
+    def run(self, on_update: Callable | None = None) -> SearchOutcome:
+        from orchestrator.cluster import connect
+
+        plan, options = self.plan, self.options
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing itself
+        cluster = connect(options.address, options.num_cpus, options.num_gpus, options.object_store_mb)
+        try:
+            check_fits(options, cluster.resources())
+            outcome = self._search(on_update)
+        finally:
+            cluster.shutdown()
+            plan.release()
+        return outcome
+
+    def _search(self, on_update) -> SearchOutcome:
+        import ray
+        from ray import tune
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        from orchestrator.hub import start_hub
+        from orchestrator.shared import share
+        from orchestrator.state import TaskState
+        from orchestrator.tune_display import Forward, SearchMonitor, activate
+        from orchestrator.tune_trial import TrialInputs, make_scheduler, run_trial, trial_name
+
+        plan, options = self.plan, self.options
+        refs = share(plan.backbone, plan.sequences)  # one put of each for the whole search
+        hub = start_hub([TaskState(trial_name(p["task"], p["sample"]), plan.job.task(p["task"]).kind,
+                                   plan.job.task(p["task"]).metric) for p in plan.points])
+        inputs = TrialInputs(refs, {t.name: (t, ray.put(plan.task_data[t.name])) for t in plan.tasks}, plan.settings,
+                             hub, options.cpus_per_trial, options.gpus_per_trial, options.evals)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, inputs=inputs),
+                                        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
+        monitor = SearchMonitor(plan, hub, on_update)
+        activate(monitor)
+        try:
+            if plan.resume and tune.Tuner.can_restore(str(plan.experiment)):
+                tuner = tune.Tuner.restore(str(plan.experiment), trainable=trainable, resume_errored=True)
+            else:
+                names = [t.name for t in plan.tasks]
+                space = {"task": tune.choice(names), "sample": tune.randint(0, options.samples),
+                         **{k: d.to_tune() for k, d in plan.space.items()}}
+                tuner = tune.Tuner(
+                    trainable, param_space=space,
+                    tune_config=tune.TuneConfig(
+                        num_samples=len(plan.points), reuse_actors=True,
+                        search_alg=BasicVariantGenerator(points_to_evaluate=plan.points,
+                                                         max_concurrent=options.max_concurrent),
+                        scheduler=make_scheduler(options.scheduler, names, options.evals)),
+                    run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(plan.experiment.parent), verbose=0,
+                                              failure_config=tune.FailureConfig(max_failures=options.retries),
+                                              callbacks=[Forward()]))
+            grid = tuner.fit()
+            monitor.refresh(force=True)
+        finally:
+            activate(None)
+        return self._write(grid, monitor.statuses)
+
+    def _write(self, grid, statuses: dict) -> SearchOutcome:
+        """trials.parquet always; best.json and the tuned spec once every trial has ended."""
+        from orchestrator.tune_results import best_per_task, trial_row, write_best, write_trials, write_tuned_spec
+        from orchestrator.worker import error_text
+
+        plan = self.plan
+        rows = []
+        for result in grid:
+            config, metrics = result.config or {}, result.metrics or {}
+            if "task" not in config:
+                continue
+            trial_id = metrics.get("trial_id") or ""
+            status = trial_status(statuses.get((config["task"], config["sample"])), metrics, result.error)
+            rows.append(trial_row(plan.job.task(config["task"]).metric, config, trial_id, status, metrics,
+                                  error_text(result.error) if result.error else None))
+        interrupted = len(rows) < len(plan.points) or any(r["status"] == UNFINISHED for r in rows)
+        paths = {"trials": write_trials(plan.out_dir, rows)}
+        best = best_per_task(rows, plan.tasks)
+        if not interrupted:
+            paths["best"] = write_best(plan.out_dir, best)
+            paths["spec"] = write_tuned_spec(plan.out_dir, plan.job, best, self.command)
+        return SearchOutcome(rows, best, len(plan.points), interrupted, paths)
+
+
+def trial_status(tune_status: str | None, metrics: dict, error) -> str:
+    """A trial's status in trials.parquet, from what Tune last showed during the run (None: not seen)."""
+    if error is not None or tune_status == "ERROR":
+        return FAILED
+    if tune_status in ("RUNNING", "PENDING", "PAUSED"):
+        return UNFINISHED
+    if metrics.get("final"):
+        return DONE
+    return STOPPED if tune_status == "TERMINATED" or (tune_status is None and metrics) else UNFINISHED
+
+
+def check_fits(options: SearchOptions, cluster: dict) -> None:
+    """A trial that needs more than the cluster has would wait forever: say so instead."""
+    cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
+    if cpus > cluster["cpus"] or gpus > cluster["gpus"]:
+        raise ValueError(f"a trial needs {cpus:g} CPU and {gpus:g} GPU but the cluster has {cluster['cpus']:g} CPU "
+                         f"and {cluster['gpus']:g} GPU in all; lower --cpus-per-trial / --gpus-per-trial")
