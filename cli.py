@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except SystemExit as e:  # a command's user error (commands._common.user_errors) ends as a return code
+        return e.code if isinstance(e.code, int) else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

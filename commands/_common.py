@@ -45,13 +45,14 @@ def fail(message: str) -> int:
 
 @contextmanager
 def user_errors():
-    """Turn the errors a user can fix (bad data, bad checkpoint, bad settings) into `error: ...` + exit 2."""
+    """Turn the errors a user can fix (bad data, checkpoint, bundle or settings) into `error: ...` + exit 2."""
+    from peterrec.bundle import BundleError
     from peterrec.checkpoint import CheckpointError
     from tasks import DataError
 
     try:
         yield
-    except (DataError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (DataError, CheckpointError, BundleError, FileExistsError, FileNotFoundError, ValueError) as e:
         raise SystemExit(fail(str(e))) from None
 
 

@@ -37,15 +37,11 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from peterrec.bundle import BundleError  # noqa: PLC0415  (heavy: torch)
-    from peterrec.checkpoint import CheckpointError  # noqa: PLC0415
+    from commands._common import user_errors  # noqa: PLC0415  (heavy: torch)
 
     action = {"export": _export, "import": _import, "inspect": _inspect, "verify": _verify}[args.bundle_command]
-    try:
+    with user_errors():
         return action(args)
-    except (BundleError, CheckpointError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 def _export(args) -> int:

@@ -50,15 +50,10 @@ def _positive(text: str) -> int:
 
 
 def run(args) -> int:
-    from peterrec.bundle import BundleError  # noqa: PLC0415  (heavy: torch)
-    from peterrec.checkpoint import CheckpointError  # noqa: PLC0415
-    from tasks import DataError  # noqa: PLC0415
+    from commands._common import user_errors  # noqa: PLC0415  (heavy: torch)
 
-    try:
+    with user_errors():
         return _predict(args)
-    except (BundleError, CheckpointError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 def _predict(args) -> int:

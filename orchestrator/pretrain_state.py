@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from peterrec.checkpoint import CheckpointError, load_tensors
+from peterrec.checkpoint import CheckpointError, load_tensors, read_versioned_json
 
 FORMAT = "peterrec-pretrain-state"
 VERSION = 1
@@ -43,17 +43,7 @@ def save_train_state(path: Path, optimizer: torch.optim.Optimizer, state: dict) 
 def read_train_state(path: Path) -> dict:
     """trainer_state.json of checkpoint dir `path`, checked."""
     state_path = Path(path) / STATE_FILE
-    try:
-        document = json.loads(state_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{state_path}: not found (not a checkpoint of `pretrain --workers N`?)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{state_path}: not valid JSON ({e})") from None
-    if document.get("format") != FORMAT:
-        raise CheckpointError(f"{state_path}: field 'format' is {document.get('format')!r}, expected {FORMAT!r}")
-    if document.get("version", 0) > VERSION:
-        raise CheckpointError(f"{state_path}: format version {document['version']} is newer than this package "
-                              f"reads ({VERSION})")
+    document = read_versioned_json(state_path, FORMAT, VERSION, "not a checkpoint of `pretrain --workers N`?")
     for key in ("step", "optimizer"):
         if key not in document:
             raise CheckpointError(f"{state_path}: field {key!r} is missing")

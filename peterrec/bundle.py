@@ -351,9 +351,9 @@ def _pack(bundle: Bundle, out: Path) -> None:
 
 def import_bundle(archive: str | Path, out: str | Path, force: bool = False) -> Path:
     """Unpack an archive into the bundle directory `out`, verified before it appears there."""
-    from peterrec.checkpoint import atomic_directory  # noqa: PLC0415
+    from tasks.atomic import staged_directory  # noqa: PLC0415
 
-    with atomic_directory(Path(out), force=force) as tmp:
+    with staged_directory(Path(out), force=force) as tmp:
         extract_archive(Path(archive), tmp)
         problems = Bundle(tmp, source=archive, archive=archive).verify()
         if problems:

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from peterrec.backbone import Backbone
 from peterrec.config import BackboneConfig
+from tasks.atomic import staged_directory
 
 FORMAT = "peterrec-backbone"
 VERSION = 1
@@ -31,23 +28,6 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be read; the message names the file."""
 
 
-@contextmanager
-def atomic_directory(path: Path, force: bool = False):
-    """Yield a temporary sibling directory; rename it to `path` only if the block succeeds."""
-    path = Path(path)
-    if path.exists() and any(path.iterdir()) and not force:
-        raise FileExistsError(f"{path} already exists and is not empty (pass --force to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def save_checkpoint(path: Path, backbone: Backbone, output_layer: torch.nn.Module | None = None,
                     info: dict | None = None, force: bool = False) -> Path:
     tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
@@ -55,26 +35,33 @@ def save_checkpoint(path: Path, backbone: Backbone, output_layer: torch.nn.Modul
         tensors.update({f"output.{k}": v for k, v in output_layer.state_dict().items()})
     config = {"format": FORMAT, "version": VERSION, "backbone": backbone.config.to_dict(),
               "fingerprint": fingerprint(backbone), **(info or {})}
-    with atomic_directory(Path(path), force=force) as tmp:
+    with staged_directory(Path(path), force=force) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return Path(path)
 
 
-def read_checkpoint_config(path: Path) -> dict:
-    config_path = Path(path) / "config.json"
+def read_versioned_json(path: Path, form: str, version: int, missing: str) -> dict:
+    """A JSON document with "format" and "version" fields, checked; errors name the file."""
+    path = Path(path)
     try:
-        config = json.loads(config_path.read_text())
+        document = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{config_path}: not found (is {path} a backbone checkpoint directory?)") from None
+        raise CheckpointError(f"{path}: not found ({missing})") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
-    if config.get("format") != FORMAT:
-        raise CheckpointError(f"{config_path}: field 'format' is {config.get('format')!r}, expected {FORMAT!r}")
-    if config.get("version", 0) > VERSION:
-        raise CheckpointError(f"{config_path}: format version {config['version']} is newer than this "
-                              f"package reads ({VERSION}); upgrade peterrec-orchestra")
-    return config
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(document, dict) or document.get("format") != form:
+        found = document.get("format") if isinstance(document, dict) else None
+        raise CheckpointError(f"{path}: field 'format' is {found!r}, expected {form!r}")
+    if document.get("version", 0) > version:
+        raise CheckpointError(f"{path}: format version {document['version']} is newer than this "
+                              f"package reads ({version}); upgrade peterrec-orchestra")
+    return document
+
+
+def read_checkpoint_config(path: Path) -> dict:
+    return read_versioned_json(Path(path) / "config.json", FORMAT, VERSION,
+                               f"is {path} a backbone checkpoint directory?")
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

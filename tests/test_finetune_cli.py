@@ -78,9 +78,7 @@ def test_bad_spec_or_data_fails_before_ray_starts(world, tmp_path, capsys, no_ra
     spec = copy_data(world, tmp_path)
     expected = breaker(spec, task_names(spec))
     out = tmp_path / "job"
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(finetune_args(spec, backbone, out))
-    assert exit_info.value.code == 2
+    assert cli.main(finetune_args(spec, backbone, out)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err, err
     assert not out.exists()  # nothing written either
@@ -93,9 +91,7 @@ def test_bad_spec_or_data_fails_before_ray_starts(world, tmp_path, capsys, no_ra
 ], ids=["unknown-task", "no-cpus", "resume-and-force"])
 def test_bad_flags_fail_before_ray_starts(world, tmp_path, capsys, no_ray, extra, expected):
     spec, backbone = world
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(finetune_args(spec, backbone, tmp_path / "job", *extra))
-    assert exit_info.value.code == 2
+    assert cli.main(finetune_args(spec, backbone, tmp_path / "job", *extra)) == 2
     assert expected in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ from peterrec.checkpoint import CheckpointError, fingerprint, load_backbone, sav
 from peterrec.efficiency import storage_for
 from peterrec.metrics import full_ranks, rank_metrics_for, ranking_metrics, ranks_against, sample_negatives
 from peterrec.objectives import ClozeObjective, NextItemObjective
+from tasks import OutputExistsError
 
 V, L = 40, 12
 
@@ -208,7 +209,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     assert config["note"] == "x" and loaded.config == backbone.config
     assert fingerprint(loaded) == fingerprint(backbone) == config["fingerprint"]
     assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), loaded.state_dict().values()))
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputExistsError):
         save_checkpoint(path, backbone)
     (path / "model.safetensors").write_bytes(b"\x80\x04pickle")
     with pytest.raises(CheckpointError, match="model.safetensors"):
