@@ -54,26 +54,11 @@ def plan_job(spec_path, backbone_path, job_dir, settings, only=None, resume: boo
     """Load and check everything; then take JOB_DIR (a lock held until `release`) and, with `force`,
     clear the previous job's outputs. Raises DataError, CheckpointError, ValueError or FileExistsError."""
     from peterrec.bundle import backbone_fingerprint
-    from peterrec.checkpoint import load_backbone
-    from tasks import load_job
 
     job_dir = Path(job_dir)
-    if resume and force:
-        raise ValueError("--resume keeps a job's finished tasks and --force deletes them: pass only one")
-    if job_dir.exists() and not job_dir.is_dir():
-        raise FileExistsError(f"{job_dir} exists and is not a directory")
-    if job_dir.is_dir() and any(job_dir.iterdir()) and not (resume or force):
-        raise FileExistsError(f"{job_dir} already exists and is not empty (pass --resume to continue it, "
-                              f"--force to start over)")
-    job, sequences, task_data = load_job(spec_path)
-    backbone, _ = load_backbone(backbone_path, "cpu")
-    backbone.requires_grad_(False)
-    if job.vocab_size > backbone.config.vocab_size:
-        raise ValueError(f"{job.path}: the tasks use {job.vocab_size} source items but the backbone "
-                         f"{backbone_path} knows only {backbone.config.vocab_size}")
-    tasks = selected_tasks(job, only)
-    task_settings = {t.name: task_settings_for(job, t, settings, backbone.config, task_data[t.name])
-                     for t in tasks}
+    check_output_dir(job_dir, resume, force, "job's finished tasks", "continue it")
+    job, sequences, task_data, backbone, tasks, task_settings = load_inputs(
+        spec_path, backbone_path, settings, only)
     fingerprint = backbone_fingerprint(backbone)
     rows = read_results(job_dir) if resume else []
     if resume:
@@ -86,6 +71,35 @@ def plan_job(spec_path, backbone_path, job_dir, settings, only=None, resume: boo
             shutil.rmtree(folder, ignore_errors=True)
     return JobPlan(job_dir, job, sequences, task_data, backbone, Path(backbone_path), fingerprint, settings,
                    task_settings, tasks, JobOutputs(job_dir, backbone, fingerprint, rows), lock)
+
+
+def check_output_dir(out: Path, resume: bool, force: bool, kept: str, continue_hint: str) -> None:
+    """OUT must be new or empty, unless --resume (keep what it holds) or --force (start over)."""
+    if resume and force:
+        raise ValueError(f"--resume keeps a {kept} and --force deletes them: pass only one")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (resume or force):
+        raise FileExistsError(f"{out} already exists and is not empty (pass --resume to {continue_hint}, "
+                              f"--force to start over)")
+
+
+def load_inputs(spec_path, backbone_path, settings, only=None):
+    """(job, sequences, task_data, backbone, tasks, task_settings): the spec, its data and the backbone,
+    loaded and checked against each other; every selected task's settings with its overrides."""
+    from peterrec.checkpoint import load_backbone
+    from tasks import load_job
+
+    job, sequences, task_data = load_job(spec_path)
+    backbone, _ = load_backbone(backbone_path, "cpu")
+    backbone.requires_grad_(False)
+    if job.vocab_size > backbone.config.vocab_size:
+        raise ValueError(f"{job.path}: the tasks use {job.vocab_size} source items but the backbone "
+                         f"{backbone_path} knows only {backbone.config.vocab_size}")
+    tasks = selected_tasks(job, only)
+    task_settings = {t.name: task_settings_for(job, t, settings, backbone.config, task_data[t.name])
+                     for t in tasks}
+    return job, sequences, task_data, backbone, tasks, task_settings
 
 
 def selected_tasks(job, only) -> list:

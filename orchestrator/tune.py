@@ -95,28 +95,15 @@ def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOpti
     then take OUT (a lock held until `release`)."""
     import shutil
 
-    from orchestrator.plan import selected_tasks, take_job_dir, task_settings_for
+    from orchestrator.plan import check_output_dir, load_inputs, take_job_dir
     from orchestrator.tune_space import default_space, load_space, trial_points
     from peterrec.bundle import backbone_fingerprint
-    from peterrec.checkpoint import load_backbone
-    from tasks import DataError, load_job
+    from tasks import DataError
 
     out_dir = Path(out_dir).absolute()
-    if resume and force:
-        raise ValueError("--resume keeps a search's finished trials and --force deletes them: pass only one")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (resume or force):
-        raise FileExistsError(f"{out_dir} already exists and is not empty (pass --resume to continue its search, "
-                              f"--force to start over)")
-    job, sequences, task_data = load_job(spec_path)
-    backbone, _ = load_backbone(backbone_path, "cpu")
-    backbone.requires_grad_(False)
-    if job.vocab_size > backbone.config.vocab_size:
-        raise ValueError(f"{job.path}: the tasks use {job.vocab_size} source items but the backbone "
-                         f"{backbone_path} knows only {backbone.config.vocab_size}")
-    tasks = selected_tasks(job, only)
-    task_settings = {t.name: task_settings_for(job, t, settings, backbone.config, task_data[t.name]) for t in tasks}
+    check_output_dir(out_dir, resume, force, "search's finished trials", "continue its search")
+    job, sequences, task_data, backbone, tasks, task_settings = load_inputs(
+        spec_path, backbone_path, settings, only)
     for t in tasks:
         if len(task_data[t.name].part("valid")[0]) == 0:
             raise DataError(t.data, "no rows in split 'valid': a search ranks trials by the validation metric",
