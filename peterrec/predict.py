@@ -15,6 +15,7 @@ import torch
 
 from peterrec.backbone import Backbone
 from peterrec.bundle import Bundle
+from peterrec.fused_infer import predict_mixed
 
 
 @dataclass
@@ -72,9 +73,31 @@ class MultiTaskPredictor:
     @torch.no_grad()
     def predict_task(self, name: str, items: torch.Tensor, top_k: int | None = None) -> TaskPredictions:
         """items (B, L) left-padded item ids -> that task's outputs for every row (on the CPU)."""
-        model, task = self.models[self._known(name)], self.configs[name]
+        model = self.models[self._known(name)]
         device = next(model.parameters()).device
-        scores = model.scores(items.to(device)).float()  # (B, num_classes) or (B, target_vocab)
+        return self._outputs(name, model.scores(items.to(device)).float(), top_k)
+
+    @torch.no_grad()
+    def predict(self, items: torch.Tensor, tasks: list[str], top_k: int | None = None) -> list[Prediction]:
+        """items (B, L) whose row b belongs to task tasks[b] -> one Prediction per row, in row order.
+
+        Rows of tasks that share the backbone go through it together, in one fused pass (peterrec.fused)."""
+        if len(tasks) != items.shape[0]:
+            raise ValueError(f"{items.shape[0]} rows but {len(tasks)} task names")
+        groups: dict[str, list[int]] = {}
+        for row, name in enumerate(tasks):
+            groups.setdefault(self._known(name), []).append(row)
+        scores = predict_mixed(self.backbone, self.models, items, tasks)  # one score vector per row
+        out: list[Prediction | None] = [None] * len(tasks)
+        for name, rows in groups.items():
+            batch = self._outputs(name, torch.stack([scores[r] for r in rows]), top_k)
+            for j, row in enumerate(rows):
+                out[row] = batch.row(j)
+        return out
+
+    def _outputs(self, name: str, scores: torch.Tensor, top_k: int | None) -> TaskPredictions:
+        """Class probabilities, or the top-k target items, from scores (B, num_classes | target_vocab)."""
+        task = self.configs[name]
         if task["kind"] == "classify":
             return TaskPredictions(name, "classify", probabilities=scores.softmax(dim=-1).cpu(),
                                    class_names=task.get("labels"))
@@ -82,20 +105,6 @@ class MultiTaskPredictor:
         top = scores.topk(k, dim=-1)  # (B, k), best first
         return TaskPredictions(name, "coldrec", items=top.indices.cpu(), scores=top.values.cpu(),
                                target_raw_ids=task.get("target_raw_ids"))
-
-    def predict(self, items: torch.Tensor, tasks: list[str], top_k: int | None = None) -> list[Prediction]:
-        """items (B, L) whose row b belongs to task tasks[b] -> one Prediction per row, in row order."""
-        if len(tasks) != items.shape[0]:
-            raise ValueError(f"{items.shape[0]} rows but {len(tasks)} task names")
-        out: list[Prediction | None] = [None] * len(tasks)
-        groups: dict[str, list[int]] = {}
-        for row, name in enumerate(tasks):
-            groups.setdefault(self._known(name), []).append(row)
-        for name, rows in groups.items():
-            batch = self.predict_task(name, items[torch.tensor(rows)], top_k)
-            for j, row in enumerate(rows):
-                out[row] = batch.row(j)
-        return out
 
     def _known(self, name: str) -> str:
         if name not in self.models:
