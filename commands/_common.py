@@ -23,6 +23,30 @@ def add_train_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size:
     group.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
 
 
+def add_cluster_flags(parser: argparse.ArgumentParser, unit: str, ui_choices=("rich", "plain")):
+    """Where the work runs and how much of the cluster each `unit` (task, trial) holds; returns the group."""
+    group = parser.add_argument_group("cluster")
+    group.add_argument("--address", default=None,
+                       help="join this Ray cluster (e.g. HEAD_IP:6379 of `ray start --head`) instead of starting one")
+    group.add_argument(f"--cpus-per-{unit}", type=float, default=1.0,
+                       help=f"CPUs each {unit} holds; its torch thread count follows")
+    group.add_argument(f"--gpus-per-{unit}", type=float, default=0.0,
+                       help=f"GPUs each {unit} holds; fractions (e.g. 0.25) share a GPU between {unit}s")
+    group.add_argument("--max-concurrent", type=int, default=0,
+                       help=f"most {unit}s in flight at once; 0: as many as the cluster's resources allow")
+    group.add_argument("--retries", type=int, default=2,
+                       help=f"extra attempts of a failed {unit} (an error, or a lost worker or node)")
+    group.add_argument("--num-cpus", type=int, default=None,
+                       help="CPUs of the embedded cluster (default: every core of this machine)")
+    group.add_argument("--object-store-mb", type=int, default=None,
+                       help="object store size of the embedded cluster (default: Ray's, 30%% of memory)")
+    tui = " tui: the full-screen terminal UI (rich without a terminal);" if "tui" in ui_choices else ""
+    group.add_argument("--ui", choices=list(ui_choices), default=None,
+                       help=f"rich: live bar and table; plain: one line per finished {unit};{tui} "
+                            "(default: rich on a terminal, else plain)")
+    return group
+
+
 def train_config_from(args: argparse.Namespace, **extra):
     from peterrec.training import TrainConfig
 

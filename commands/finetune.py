@@ -14,8 +14,8 @@ fineall (everything), peterzero (patches over a random backbone). Example:
 
 
 def add_arguments(parser):
-    from commands._common import add_train_flags
-    from peterrec.modes import MODES
+    from commands._common import add_cluster_flags, add_train_flags
+    from peterrec.config import MODES
 
     parser.add_argument("--backbone", required=True, help="pretrained checkpoint directory (from `pretrain`)")
     parser.add_argument("--tasks", required=True, help="task spec .toml, or a data directory holding tasks.toml")
@@ -26,33 +26,11 @@ def add_arguments(parser):
     parser.add_argument("--resume", action="store_true",
                         help="keep finished tasks of an existing JOB_DIR (bundles untouched) and run the others")
     parser.add_argument("--force", action="store_true", help="start over in an existing JOB_DIR")
-    add_cluster_flags(parser)
-    add_patch_flags(parser)
-    add_train_flags(parser, epochs=5, batch_size=64, lr=1e-3)
-
-
-def add_cluster_flags(parser) -> None:
-    group = parser.add_argument_group("cluster")
-    group.add_argument("--address", default=None,
-                       help="join this Ray cluster (e.g. HEAD_IP:6379 of `ray start --head`) instead of starting one")
-    group.add_argument("--cpus-per-task", type=float, default=1.0,
-                       help="CPUs each task holds; its torch thread count follows")
-    group.add_argument("--gpus-per-task", type=float, default=0.0,
-                       help="GPUs each task holds; fractions (e.g. 0.25) share a GPU between tasks")
-    group.add_argument("--max-concurrent", type=int, default=0,
-                       help="most tasks in flight at once; 0: as many as the cluster's resources allow")
-    group.add_argument("--retries", type=int, default=2,
-                       help="extra attempts of a failed task (an error, or a lost worker or node)")
-    group.add_argument("--num-cpus", type=int, default=None,
-                       help="CPUs of the embedded cluster (default: every core of this machine)")
-    group.add_argument("--object-store-mb", type=int, default=None,
-                       help="object store size of the embedded cluster (default: Ray's, 30%% of memory)")
-    group.add_argument("--ui", choices=["rich", "plain", "tui"], default=None,
-                       help="rich: live bar and task table; plain: one line per finished task; tui: the "
-                            "full-screen terminal UI (rich without a terminal) (default: rich on a terminal, "
-                            "else plain)")
+    group = add_cluster_flags(parser, "task", ui_choices=("rich", "plain", "tui"))
     group.add_argument("--in-process", action="store_true",
                        help="no Ray: run the tasks one after another in this process (for debugging)")
+    add_patch_flags(parser)
+    add_train_flags(parser, epochs=5, batch_size=64, lr=1e-3)
 
 
 def add_patch_flags(parser) -> None:

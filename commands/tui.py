@@ -16,7 +16,7 @@ continues it). Without a terminal, --attach prints the job's progress instead (r
 
 
 def add_arguments(parser):
-    from peterrec.modes import MODES
+    from peterrec.config import MODES
 
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--attach", metavar="JOB_DIR", help="watch (or review) the fine-tuning job in JOB_DIR")

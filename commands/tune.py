@@ -24,10 +24,10 @@ _NOT_SETTINGS = {"backbone", "tasks", "out", "only", "resume", "force", "address
 
 
 def add_arguments(parser):
-    from commands._common import add_train_flags
+    from commands._common import add_cluster_flags, add_train_flags
     from commands.finetune import add_patch_flags
     from orchestrator.tune import SCHEDULERS
-    from peterrec.modes import MODES
+    from peterrec.config import MODES
 
     parser.add_argument("--backbone", required=True, help="pretrained checkpoint directory (from `pretrain`)")
     parser.add_argument("--tasks", required=True, help="task spec .toml, or a data directory holding tasks.toml")
@@ -48,22 +48,7 @@ def add_arguments(parser):
     search.add_argument("--resume", action="store_true",
                         help="continue the interrupted search in OUT: finished trials are kept, the rest run")
     search.add_argument("--force", action="store_true", help="start over in an existing OUT")
-    cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
-    cluster.add_argument("--cpus-per-trial", type=float, default=1.0,
-                         help="CPUs each trial holds; its torch thread count follows")
-    cluster.add_argument("--gpus-per-trial", type=float, default=0.0,
-                         help="GPUs each trial holds; fractions (e.g. 0.25) share a GPU between trials")
-    cluster.add_argument("--max-concurrent", type=int, default=0,
-                         help="most trials in flight at once; 0: as many as the cluster's resources allow")
-    cluster.add_argument("--retries", type=int, default=2, help="extra attempts of a failed trial")
-    cluster.add_argument("--num-cpus", type=int, default=None,
-                         help="CPUs of the embedded cluster (default: every core of this machine)")
-    cluster.add_argument("--object-store-mb", type=int, default=None,
-                         help="object store size of the embedded cluster (default: Ray's, 30%% of memory)")
-    cluster.add_argument("--ui", choices=["rich", "plain"], default=None,
-                         help="rich: live bar and tables; plain: one line per finished trial "
-                              "(default: rich on a terminal, else plain)")
+    add_cluster_flags(parser, "trial")
     add_patch_flags(parser)
     add_train_flags(parser, epochs=5, batch_size=64, lr=1e-3)
 

@@ -1,19 +1,27 @@
 """PeterRec model library: backbones, patches, heads, objectives, fine-tuning modes and metrics.
 
-Pure PyTorch: nothing here imports Ray.
+Pure PyTorch: nothing here imports Ray. The names below are imported on first use, so that light
+modules (peterrec.config) and the CLI's --help do not pay for importing torch.
 """
 
-from peterrec.backbone import Backbone, user_representation
-from peterrec.config import BackboneConfig, PatchConfig
-from peterrec.efficiency import ParamReport, param_report, storage_for
-from peterrec.modes import MODES, TaskModel, build_task_model
-from peterrec.patches import TaskPatches
-from peterrec.training import Progress, TrainConfig, TrainResult, pick_device, train
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Backbone", "BackboneConfig", "MODES", "ParamReport", "PatchConfig", "Progress", "TaskModel",
-    "TaskPatches", "TrainConfig", "TrainResult", "build_task_model", "param_report", "pick_device",
-    "storage_for", "train", "user_representation",
-]
+_EXPORTS = {
+    "Backbone": "backbone", "user_representation": "backbone",
+    "BackboneConfig": "config", "PatchConfig": "config", "MODES": "config",
+    "ParamReport": "efficiency", "param_report": "efficiency", "storage_for": "efficiency",
+    "TaskModel": "modes", "build_task_model": "modes",
+    "TaskPatches": "patches",
+    "Progress": "training", "TrainConfig": "training", "TrainResult": "training", "pick_device": "training",
+    "train": "training",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"peterrec.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'peterrec' has no attribute {name!r}")

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 
+MODES = ("peterrec", "finecls", "finelast", "fineall", "peterzero")  # see modes.py
+PATCHED_MODES = ("peterrec", "peterzero")
+
+
 def _check(problems: list[str], owner: str) -> None:
     if problems:
         raise ValueError(f"invalid {owner}: " + "; ".join(problems))

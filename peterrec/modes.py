@@ -15,12 +15,10 @@ import torch
 from torch import nn
 
 from peterrec.backbone import Backbone, user_representation
-from peterrec.config import PatchConfig
+from peterrec.config import MODES, PATCHED_MODES, PatchConfig
 from peterrec.heads import make_head
 from peterrec.patches import TaskPatches
 
-MODES = ("peterrec", "finecls", "finelast", "fineall", "peterzero")
-PATCHED_MODES = ("peterrec", "peterzero")
 
 
 class TaskModel(nn.Module):

@@ -51,20 +51,8 @@ def ray_cluster():
             os.environ[key] = value
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared machine: one intra-op thread is many times faster than contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def pretrain(*args) -> int:
-    try:
-        return cli.main(["pretrain", *map(str, args)])
-    except SystemExit as e:
-        return e.code
+    return cli.main(["pretrain", *map(str, args)])
 
 
 def ray_checkpoints(storage: Path) -> list[Path]:
