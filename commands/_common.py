@@ -47,6 +47,16 @@ def add_cluster_flags(parser: argparse.ArgumentParser, unit: str, ui_choices=("r
     return group
 
 
+def check_ray_device(args, unit: str) -> None:
+    """On Ray the device follows the resources each task or trial holds: --device may only agree with them."""
+    gpus = getattr(args, f"gpus_per_{unit}")
+    if args.device not in (None, "cpu", "cuda"):
+        raise ValueError(f"--device {args.device}: on Ray a {unit}'s device follows its resources; use "
+                         f"--gpus-per-{unit} to run on GPUs")
+    if args.device == "cuda" and not gpus:
+        raise ValueError(f"--device cuda on Ray needs --gpus-per-{unit} (e.g. 1, or 0.25 to share a GPU)")
+
+
 def train_config_from(args: argparse.Namespace, **extra):
     from peterrec.training import TrainConfig
 

@@ -72,11 +72,13 @@ def run(args) -> int:
 
 
 def plan_from(args):
-    from commands._common import resolve_spec
+    from commands._common import check_ray_device, resolve_spec
     from orchestrator.plan import plan_job
 
     if args.in_process and args.address:
         raise ValueError("--in-process runs without Ray; it cannot take --address")
+    if not args.in_process:
+        check_ray_device(args, "task")
     return plan_job(resolve_spec(args.tasks), args.backbone, args.out, settings_from(args), args.only,
                     resume=args.resume, force=args.force)
 
@@ -90,11 +92,6 @@ def finetune_on_ray(args, plan) -> int:
     from orchestrator.display import make_display
     from orchestrator.job import FinetuneJob, JobOptions
 
-    if args.device not in (None, "cpu", "cuda"):
-        raise ValueError(f"--device {args.device}: on Ray a task's device follows its resources; use "
-                         f"--gpus-per-task to run on GPUs")
-    if args.device == "cuda" and not args.gpus_per_task:
-        raise ValueError("--device cuda on Ray needs --gpus-per-task (e.g. 1, or 0.25 to share a GPU)")
     options = JobOptions(address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
                          max_concurrent=args.max_concurrent, retries=args.retries, num_cpus=args.num_cpus,
                          object_store_mb=args.object_store_mb)

@@ -58,17 +58,13 @@ def run(args) -> int:
 
     from rich.console import Console
 
-    from commands._common import resolve_spec, user_errors
+    from commands._common import check_ray_device, resolve_spec, user_errors
     from commands.finetune import settings_from
     from orchestrator.tune import SearchOptions, TuneSearch, plan_search
     from orchestrator.tune_display import make_search_display
 
     with user_errors():
-        if args.device not in (None, "cpu", "cuda"):
-            raise ValueError(f"--device {args.device}: on Ray a trial's device follows its resources; use "
-                             f"--gpus-per-trial to run on GPUs")
-        if args.device == "cuda" and not args.gpus_per_trial:
-            raise ValueError("--device cuda on Ray needs --gpus-per-trial (e.g. 1, or 0.25 to share a GPU)")
+        check_ray_device(args, "trial")
         options = SearchOptions(samples=args.samples, scheduler=args.scheduler, evals=args.evals,
                                 address=args.address, cpus_per_trial=args.cpus_per_trial,
                                 gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
