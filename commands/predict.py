@@ -7,10 +7,9 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-import tempfile
 from pathlib import Path
+
+from tasks.atomic import staged_file
 
 HELP = "predict with one task of a bundle: class probabilities, or the top-K target items"
 DESCRIPTION = (
@@ -224,21 +223,13 @@ def write_output(out: Path, columns: dict, info: dict) -> None:
              "top_items": pa.list_(pa.int32()), "top_scores": pa.list_(pa.float32()),
              "top_raw_ids": pa.list_(pa.string())}
     out = out.absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle)
-    try:
+    with staged_file(out) as staging:
         if OUTPUT_FORMATS[out.suffix.lower()] == "parquet":
             table = pa.table({name: pa.array(values, type=types[name]) for name, values in columns.items()})
             metadata = {b"peterrec": json.dumps(info).encode()}
-            pq.write_table(table.replace_schema_metadata(metadata), tmp)
+            pq.write_table(table.replace_schema_metadata(metadata), staging)
         else:
             names = list(columns)
-            with open(tmp, "w", encoding="utf-8") as f:
+            with open(staging, "w", encoding="utf-8") as f:
                 for values in zip(*columns.values()):
                     f.write(json.dumps(dict(zip(names, values))) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

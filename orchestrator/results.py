@@ -3,12 +3,12 @@ finishes) and JOB_DIR/bundle/ (a patch set + head per task, written by peterrec.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tasks.atomic import staged_file
 
 SCHEMA = pa.schema([
     pa.field("task", pa.string(), nullable=False),
@@ -44,17 +44,10 @@ def read_results(job_dir: Path) -> list[dict]:
 def write_results(job_dir: Path, rows: list[dict]) -> Path:
     """Write all rows (sorted by task) to results.parquet via a temporary file and a rename."""
     path = results_path(job_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: r["task"])
     table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
-    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".parquet.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with staged_file(path) as staging:
+        pq.write_table(table, staging)
     return path
 
 

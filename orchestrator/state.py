@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from tasks.atomic import write_text_atomic
 
 # Task status, in the order a task moves through them.
 QUEUED, RUNNING, RETRYING, DONE, FAILED = "queued", "running", "retrying", "done", "failed"
@@ -137,15 +137,7 @@ ACTIONS = ("cancel", "retry_failed", "stop")
 def write_state(job_dir: str | Path, state: JobState) -> None:
     """Atomically replace JOB_DIR/state.json (temporary file + rename; readers never see half a file)."""
     path = Path(job_dir) / STATE_FILE
-    text = json.dumps(state.to_dict(), allow_nan=False, default=_json_number)
-    handle, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(state.to_dict(), allow_nan=False, default=_json_number))
 
 
 def read_state(job_dir: str | Path) -> JobState | None:
@@ -160,14 +152,9 @@ def send_command(job_dir: str | Path, action: str, task: str | None = None) -> P
     """Leave a command for the driver of the job (it polls JOB_DIR/control/ a few times a second)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r} (expected one of {', '.join(ACTIONS)})")
-    folder = Path(job_dir) / CONTROL_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
-    handle, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump({"action": action, "task": task}, out)
-    os.replace(tmp, folder / name)
-    return folder / name
+    path = Path(job_dir) / CONTROL_DIR / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
+    write_text_atomic(path, json.dumps({"action": action, "task": task}))
+    return path
 
 
 def take_commands(job_dir: str | Path) -> list[dict]:

@@ -18,7 +18,6 @@ Types: loguniform / uniform (low, high), randint (low, high, both included), cho
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 from peterrec.finetune import FinetuneSettings, OVERRIDE_KEYS, PATCH_KEYS, with_overrides
 from peterrec.modes import PATCHED_MODES
 from tasks import DataError
+from tasks.spec import read_toml
 
 TYPES = {"loguniform": ("low", "high"), "uniform": ("low", "high"), "randint": ("low", "high"),
          "choice": ("values",)}
@@ -120,12 +120,7 @@ def default_space(mode: str, backbone_config, settings: FinetuneSettings) -> dic
 def load_space(path: str | Path, mode: str, backbone_config, settings: FinetuneSettings) -> dict[str, Dim]:
     """Read and check a space file; DataError names the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "search space file not found")
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"not valid TOML: {e}") from None
+    document = read_toml(path, "search space file")
     if not document:
         raise DataError(path, "no hyper-parameters: add at least one entry such as lr = "
                               "{ type = \"loguniform\", low = 1e-4, high = 1e-2 }")

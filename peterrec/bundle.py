@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import shutil
 import tarfile
 import tempfile
@@ -31,6 +30,7 @@ from peterrec.checkpoint import fingerprint
 from peterrec.config import BackboneConfig
 from peterrec.finetune import with_overrides
 from peterrec.modes import TaskModel
+from tasks.atomic import staged_file
 
 __all__ = ["Bundle", "BundleError", "backbone_fingerprint", "export_bundle", "find_bundle", "import_bundle",
            "open_bundle", "write_task"]
@@ -332,21 +332,13 @@ def export_bundle(path: str | Path, out: str | Path, force: bool = False) -> Pat
 
 def _pack(bundle: Bundle, out: Path) -> None:
     names = [INDEX] + [f"{t['path']}/{f}" for t in bundle.tasks for f in TASK_FILES]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle)
-    try:
-        mode = "w:gz" if out.name.endswith((".gz", ".tgz")) else "w"
-        with tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT) as tar:
-            for name in names:  # fixed order, owner and times: the same bundle packs to the same bytes
-                data = (bundle.root / name).read_bytes()
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o644, 0
-                tar.addfile(info, io.BytesIO(data))
-        os.replace(publish(Path(tmp)), out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    mode = "w:gz" if out.name.endswith((".gz", ".tgz")) else "w"
+    with staged_file(out) as staging, tarfile.open(staging, mode, format=tarfile.PAX_FORMAT) as tar:
+        for name in names:  # fixed order, owner and times: the same bundle packs to the same bytes
+            data = (bundle.root / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
 
 
 def import_bundle(archive: str | Path, out: str | Path, force: bool = False) -> Path:

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from peterrec.backbone import Backbone
 from peterrec.config import BackboneConfig, PatchConfig
 from peterrec.efficiency import param_report
 from peterrec.modes import MODES, PATCHED_MODES, TaskModel, build_task_model
+from tasks.atomic import staged_file
 
 FORMAT = "peterrec-bundle"
 ADAPTER_FORMAT = "peterrec-adapter"
@@ -76,16 +76,10 @@ def sha256_file(path: Path) -> str:
 def write_json_atomic(path: Path, document: dict) -> None:
     """Write JSON to a temporary sibling, fsync it, then rename it over `path`."""
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(publish(Path(tmp)), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged_file(path) as staging, open(staging, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def publish(path: Path) -> Path:

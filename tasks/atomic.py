@@ -45,6 +45,30 @@ def staged_directory(out: str | Path, *, force: bool = False) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def staged_file(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path of `out` to write; on success it gets the usual file mode and is
+    renamed over `out` (readers never see half a file); on any error it is removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(handle)
+    staging = Path(name)
+    try:
+        yield staging
+        staging.chmod(0o666 & ~_umask())  # mkstemp makes it owner-only
+        os.replace(staging, out)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(out: str | Path, text: str) -> None:
+    """Replace `out` with `text` through staged_file."""
+    with staged_file(out) as staging:
+        staging.write_text(text, encoding="utf-8")
+
+
 def _replace(staging: Path, out: Path) -> None:
     if not out.exists():
         staging.rename(out)

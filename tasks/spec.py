@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from tasks import toml_writer
+from tasks.atomic import staged_file
 from tasks.errors import DataError
 from tasks.spec_fields import TableChecker
 from tasks.schema import KINDS, METRICS
@@ -76,15 +76,20 @@ class JobSpec:
         return hash((self.path, self.sequences))
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file as a dict; DataError names the file when it is missing or not TOML."""
+    if not path.is_file():
+        raise DataError(path, f"{what} not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise DataError(path, f"not valid TOML: {error}") from None
+
+
 def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a spec file; DataError names the file, the task entry and the field."""
     path = Path(path).absolute()
-    if not path.is_file():
-        raise DataError(path, "spec file not found")
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise DataError(path, f"not valid TOML: {error}") from None
+    document = read_toml(path, "spec file")
     unknown = set(document) - {"source", "task"}
     if unknown:
         raise DataError(path, f"unknown top-level key(s) {sorted(unknown)}; expected [source] and [[task]]")
@@ -138,16 +143,9 @@ def write_spec(path: str | Path, job: JobSpec, command: str, *, notes: Sequence[
         if task.overrides:
             lines.append("[task.overrides]")
             lines += [toml_writer.assignment(str(k), v) for k, v in task.overrides.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write("\n".join(lines) + "\n")
-        load_spec(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with staged_file(path) as staging:
+        staging.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        load_spec(staging)  # what we write must read back
     return path
 
 
