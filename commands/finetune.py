@@ -29,6 +29,11 @@ def add_arguments(parser):
     group = add_cluster_flags(parser, "task", ui_choices=("rich", "plain", "tui"))
     group.add_argument("--in-process", action="store_true",
                        help="no Ray: run the tasks one after another in this process (for debugging)")
+    group.add_argument("--pack", type=pack_size, default=1, metavar="K|auto",
+                       help="train up to K tasks per worker at once, in one fused pass over the backbone per step "
+                            "(modes peterrec and finecls; other tasks run alone). Pays where per-task batches are "
+                            "small (see benchmarks/bench_fused.py). auto: measure K = 1, 2, 4, 8, 16 on a worker "
+                            "at the start and keep the fastest, 1 when packing does not pay")
     add_patch_flags(parser)
     add_train_flags(parser, epochs=5, batch_size=64, lr=1e-3)
 
@@ -46,6 +51,17 @@ def add_patch_flags(parser) -> None:
                        help="user vector: auto = last position (causal) or first + last (non-causal)")
     group.add_argument("--eval-negatives", type=int, default=99,
                        help="sampled negatives for cold-start metrics; 0 = rank the whole target vocabulary")
+
+
+def pack_size(text: str):
+    import argparse
+
+    from orchestrator.packing import parse_pack
+
+    try:
+        return parse_pack(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def settings_from(args):
@@ -90,17 +106,15 @@ def finetune_on_ray(args, plan) -> int:
 
     from orchestrator.client import JobClient
     from orchestrator.display import make_display
-    from orchestrator.job import FinetuneJob, JobOptions
+    from orchestrator.job import FinetuneJob
 
-    options = JobOptions(address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
-                         max_concurrent=args.max_concurrent, retries=args.retries, num_cpus=args.num_cpus,
-                         object_store_mb=args.object_store_mb)
     console = Console()
-    job = FinetuneJob(plan, options)
+    job = FinetuneJob(plan, job_options(args))
     todo = len(plan.todo)
     where = f"the Ray cluster at {args.address}" if args.address else "an embedded Ray cluster (loopback)"
     console.print(f"fine-tuning {todo} of {len(plan.tasks)} tasks in mode {plan.settings.mode} on {where}; "
-                  f"{args.cpus_per_task:g} CPU + {args.gpus_per_task:g} GPU per task")
+                  f"{args.cpus_per_task:g} CPU + {args.gpus_per_task:g} GPU per "
+                  f"{'task' if args.pack == 1 else 'worker (task or pack)'}")
     ui = args.ui or ("rich" if sys.stdout.isatty() else "plain")
     if ui == "tui":
         import tui
@@ -120,10 +134,27 @@ def finetune_on_ray(args, plan) -> int:
     rows = plan.outputs.rows
     print_results(console, [rows[t.name] for t in plan.tasks if t.name in rows])
     console.print(f"results: {plan.job_dir / 'results.parquet'}   bundle: {plan.job_dir / 'bundle'}")
+    if args.pack != 1:
+        console.print(pack_line(state.resources))
     if "first_progress" in state.timings:
         console.print(f"start-up: {state.timings['first_progress']:.1f} s from the command's start to the first "
                       f"progress report (Ray up after {state.timings['ray_ready']:.1f} s)")
     return 0 if all(rows.get(t.name, {}).get("status") == "done" for t in plan.tasks) else 1
+
+
+def job_options(args):
+    """Where and how a job's tasks run, from the command line (also used by the TUI's launcher)."""
+    from orchestrator.job import JobOptions
+
+    return JobOptions(address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
+                      max_concurrent=args.max_concurrent, retries=args.retries, num_cpus=args.num_cpus,
+                      object_store_mb=args.object_store_mb, pack=args.pack)
+
+
+def pack_line(resources: dict) -> str:
+    size, reason = resources.get("pack_size"), resources.get("pack_reason")
+    line = f"packs: up to {size} tasks per worker" if size and size > 1 else "packs: none, every task ran alone"
+    return line + (f" (--pack {resources.get('pack')}: {reason})" if reason else "")
 
 
 def finetune_in_process(args, plan) -> int:
@@ -132,7 +163,7 @@ def finetune_in_process(args, plan) -> int:
     from rich.console import Console
 
     from commands._common import TrainingBar, training_progress
-    from peterrec.finetune import finetune_task
+    from peterrec.finetune import finetune_pack, finetune_task
     from peterrec.training import pick_device
 
     console = Console()
@@ -142,26 +173,53 @@ def finetune_in_process(args, plan) -> int:
     todo = plan.todo
     console.print(f"fine-tuning {len(todo)} of {len(plan.tasks)} tasks in mode {plan.settings.mode} on {device} "
                   f"(in process, no Ray)")
+    units = in_process_units(args, plan, backbone, console)
     with training_progress(console) as progress:
         overall = progress.add_task("all tasks", total=len(todo), loss="", metric="")
-        for spec in todo:
-            settings = plan.task_settings[spec.name]
+        for names in units:
             start = time.perf_counter()
-            bar = TrainingBar(progress, spec.name)
-            try:
-                outcome = finetune_task(backbone, spec, plan.task_data[spec.name], plan.sequences, settings,
-                                        device, bar)
-                outputs.done(spec, settings, outcome.model, outcome.summary(), time.perf_counter() - start,
-                             attempts=1)
-            except (ValueError, RuntimeError) as e:
-                outputs.failed(spec, settings.mode, f"{type(e).__name__}: {e}", time.perf_counter() - start,
-                               attempts=1)
-            progress.remove_task(bar.task)
-            progress.advance(overall)
+            bars = {name: TrainingBar(progress, name) for name in names}
+            members = [(plan.spec(n), plan.task_data[n], plan.task_settings[n], bars[n]) for n in names]
+            if len(members) > 1:
+                outcomes = finetune_pack(backbone, members, plan.sequences, device)
+            else:
+                try:
+                    spec, data, settings, bar = members[0]
+                    outcomes = [(names[0], finetune_task(backbone, spec, data, plan.sequences, settings, device,
+                                                         bar))]
+                except (ValueError, RuntimeError) as e:
+                    outcomes = [(names[0], e)]
+            for name, outcome in outcomes:  # each written as soon as it leaves its pack
+                spec, settings, seconds = plan.spec(name), plan.task_settings[name], time.perf_counter() - start
+                if isinstance(outcome, BaseException):
+                    outputs.failed(spec, settings.mode, f"{type(outcome).__name__}: {outcome}", seconds, attempts=1)
+                else:
+                    outputs.done(spec, settings, outcome.model, outcome.summary(), seconds, attempts=1)
+                progress.remove_task(bars[name].task)
+                progress.advance(overall)
     rows = outputs.rows
     print_results(console, [rows[t.name] for t in plan.tasks if t.name in rows])
     console.print(f"results: {plan.job_dir / 'results.parquet'}   bundle: {plan.job_dir / 'bundle'}")
     return 0 if all(rows.get(t.name, {}).get("status") == "done" for t in plan.tasks) else 1
+
+
+def in_process_units(args, plan, backbone, console) -> list[list[str]]:
+    """The tasks, alone or in packs (--pack), in the order to train them in this process."""
+    from orchestrator.packing import packable_names, plan_units, training_steps
+    from peterrec.finetune import measure_pack_size
+
+    names = [t.name for t in plan.todo]
+    k = args.pack
+    if k == "auto":
+        candidates = packable_names(names, plan.task_settings)[:16]
+        k = 1
+        if len(candidates) > 1:
+            choice = measure_pack_size(backbone, [(plan.spec(n), plan.task_data[n], plan.task_settings[n])
+                                                  for n in candidates], plan.sequences)
+            k = choice.k
+            console.print(f"--pack auto: {choice.reason}")
+    steps = training_steps(names, plan.task_settings, plan.task_data)
+    return [unit.names for unit in plan_units(names, plan.task_settings, steps, k, slots=1, retries=0)]
 
 
 def print_results(console, rows) -> None:

@@ -30,6 +30,8 @@ def add_arguments(parser):
     launcher.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs each task holds (fractions share)")
     launcher.add_argument("--max-concurrent", type=int, default=0,
                           help="workers: most tasks at once; 0: as many as the cluster's resources allow")
+    launcher.add_argument("--pack", default="1", metavar="K|auto",
+                          help="tasks trained together per worker in one fused pass (see `finetune --help`)")
     launcher.add_argument("--address", help="Ray cluster to join (default: an embedded local one)")
     launcher.add_argument("--epochs", type=int, default=5, help="passes over each task's training data")
     launcher.add_argument("--max-steps", type=int, default=None, help="optimiser steps per task at most")
@@ -72,7 +74,7 @@ def run(args) -> int:
     from tui.launch import LaunchSettings
 
     defaults = LaunchSettings(backbone=args.backbone or "", spec=args.tasks or "", out=args.out or "",
-                              mode=args.mode, workers=str(args.max_concurrent), cpus=f"{args.cpus_per_task:g}",
+                              mode=args.mode, workers=str(args.max_concurrent), pack=args.pack, cpus=f"{args.cpus_per_task:g}",
                               gpus=f"{args.gpus_per_task:g}", address=args.address or "", epochs=str(args.epochs),
                               max_steps="" if args.max_steps is None else str(args.max_steps),
                               batch_size=str(args.batch_size), lr=f"{args.lr:g}", num_cpus=args.num_cpus,

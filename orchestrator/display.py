@@ -33,6 +33,12 @@ def top_tasks(state: JobState, rows: int) -> list[TaskState]:
     return tasks[:rows]
 
 
+def where(task: TaskState) -> str:
+    """The node of a running task, and the size of its fused pack when it has company."""
+    node = task.node or ""
+    return f"{node} (pack of {task.pack})" if task.pack > 1 and task.status == st.RUNNING else node
+
+
 class RichDisplay:
     """A live aggregate bar + task table; call update() as often as you like (it redraws ~4x/s)."""
 
@@ -71,7 +77,7 @@ class RichDisplay:
             status = f"[{STYLE.get(task.status, '')}]{task.status}"
             table.add_row(task.name, status, step, _num(task.loss), _num(task.metric), _num(task.value),
                           _num(task.samples_per_s, ",.0f"), str(task.attempts or ""),
-                          escape((task.error or "")[:40] if task.finished else (task.node or "")))
+                          escape((task.error or "")[:40] if task.finished else where(task)))
         hidden = len(state.tasks) - min(len(state.tasks), self.rows)
         parts = [self.bar, table]
         if hidden:

@@ -29,11 +29,12 @@ class ProgressHub:
 
     # Workers -------------------------------------------------------------------------------------
 
-    def started(self, name: str, node: str, pid: int) -> tuple[int, bool]:
-        """A new attempt begins: (its number, whether the task is cancelled)."""
+    def started(self, name: str, node: str, pid: int, pack: int = 1) -> tuple[int, bool]:
+        """A new attempt begins (alone, or in a fused pack of `pack` tasks): (its number, whether the
+        task is cancelled)."""
         task = self.tasks[name]
         task.attempts += 1
-        task.status, task.node, task.pid = RUNNING, node, pid
+        task.status, task.node, task.pid, task.pack = RUNNING, node, pid, pack
         task.step, task.total, task.loss, task.metric, task.samples_per_s, task.history = 0, 0, None, None, None, []
         task.started_at = task.started_at or time.time()
         self._touch(task)
@@ -54,7 +55,7 @@ class ProgressHub:
 
     def attempt_failed(self, name: str, attempt: int, error: str) -> None:
         task = self.tasks[name]
-        if attempt == task.attempts:
+        if attempt == task.attempts and not task.finished:  # the driver may have had the last word already
             task.status, task.error = RETRYING, error
             self._touch(task)
 

@@ -4,6 +4,8 @@ One put of the backbone and of the sequences, one progress hub, then tasks submi
 resources (and a concurrency cap, if any) and collected with ray.wait as they finish: each one's
 bundle entry and results row is written at once. Ray retries failed attempts (exceptions and lost
 workers or nodes alike); a task that fails every attempt is recorded `failed` and the others go on.
+With --pack, tasks are submitted in fused packs (packing.py): Ray retries a pack whose worker was
+lost; a task that fails inside a pack runs again on its own, with the attempts it has left.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import ray
 from orchestrator import state as st
 from orchestrator.cluster import connect
 from orchestrator.hub import start_hub
+from orchestrator.packing import Unit, packable_names, parse_pack, plan_units, training_steps
 from orchestrator.plan import JobPlan
 from orchestrator.shared import share
 from orchestrator.state import JobState, TaskState
-from orchestrator.worker import error_text, run_task
+from orchestrator.worker import error_text, measure_pack, run_pack, run_task
 
 TICK_S = 0.25  # the driver's loop: results, commands, display
 PERSIST_S = 0.5  # state.json at most this often
@@ -39,8 +42,9 @@ class JobOptions:
     address: str | None = None  # join this cluster; None: start an embedded loopback one
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0  # fractions share a GPU
-    max_concurrent: int = 0  # tasks in flight at once; 0 = as many as the cluster's resources allow
+    max_concurrent: int = 0  # workers (tasks or packs) in flight at once; 0 = as many as resources allow
     retries: int = 2  # extra attempts of a failed task
+    pack: int | str = 1  # most tasks trained together per worker; "auto": measured at the job's start
     num_cpus: int | None = None  # embedded cluster size (default: every core)
     num_gpus: int | None = None
     object_store_mb: int | None = None
@@ -56,6 +60,10 @@ class JobOptions:
             problems.append(f"--max-concurrent must be >= 0 (got {self.max_concurrent})")
         if self.retries < 0:
             problems.append(f"--retries must be >= 0 (got {self.retries})")
+        try:
+            self.pack = parse_pack(self.pack)
+        except ValueError as e:
+            problems.append(str(e))
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -91,7 +99,8 @@ class FinetuneJob:
                               pid_started=created,
                               resources={"cpus_per_task": options.cpus_per_task,
                                          "gpus_per_task": options.gpus_per_task,
-                                         "max_concurrent": options.max_concurrent, "retries": options.retries},
+                                         "max_concurrent": options.max_concurrent, "retries": options.retries,
+                                         "pack": options.pack},
                               started_at=self.t0, tasks=tasks)
         self.todo = [t.name for t in plan.todo]
         self.faults = injected_faults(self.todo)
@@ -137,7 +146,8 @@ class FinetuneJob:
             self._timing("shared")
             hub = start_hub(list(self.state.tasks.values()))
             self.state.status = st.JOB_RUNNING
-            self._drive(refs, hub, on_tick)
+            units = self._units(refs, self.state.cluster)
+            self._drive(refs, hub, units, on_tick)
             self.state.status = st.STOPPED if self.stopping else st.JOB_DONE
         except BaseException:
             self.state.status = st.STOPPED
@@ -152,21 +162,69 @@ class FinetuneJob:
                 on_tick(self.state)
         return self.state
 
-    def _drive(self, refs, hub, on_tick) -> None:
-        options = self.options
-        task = ray.remote(run_task).options(num_cpus=options.cpus_per_task, num_gpus=options.gpus_per_task,
-                                            max_retries=options.retries, retry_exceptions=True)
-        pending = deque(self.todo)
-        in_flight: dict = {}  # ObjectRef -> task name
+    def _units(self, refs, cluster: dict) -> list[Unit]:
+        """The job's Ray tasks: lone tasks, or packs of a size given or measured (--pack auto)."""
+        options, plan = self.options, self.plan
+        settings = plan.task_settings
+        steps = training_steps(self.todo, settings, plan.task_data)
+        slots = int(cluster["cpus"] // options.cpus_per_task) if options.cpus_per_task else len(self.todo)
+        if options.gpus_per_task:
+            slots = min(slots, int(cluster["gpus"] // options.gpus_per_task))
+        if options.max_concurrent:
+            slots = min(slots, options.max_concurrent)
+        k = options.pack
+        if k == "auto":
+            k = self._measure_pack(refs, packable_names(self.todo, settings), slots)
+        units = plan_units(self.todo, settings, steps, k, max(1, slots), options.retries)
+        self.state.resources["pack_size"] = max(len(u.names) for u in units)
+        return units
+
+    def _measure_pack(self, refs, candidates: list[str], slots: int) -> int:
+        """--pack auto: the K that choose_pack_size measures on a worker holding a task's resources
+        (no more than the tasks each slot would get, since packs never leave slots idle)."""
+        candidates = candidates[:max(1, min(16, -(-len(candidates) // max(1, slots))))]
+        if len(candidates) < 2:
+            self.state.resources["pack_reason"] = "fewer than two packable tasks per worker"
+            return 1
+        options, plan = self.options, self.plan
+        measure = ray.remote(measure_pack).options(num_cpus=options.cpus_per_task, num_gpus=options.gpus_per_task)
+        choice = ray.get(measure.remote(refs, [plan.spec(n) for n in candidates],
+                                        [plan.task_data[n] for n in candidates],
+                                        [plan.task_settings[n] for n in candidates],
+                                        options.cpus_per_task, options.gpus_per_task))
+        self.state.resources["pack_reason"] = choice["reason"]
+        self.state.resources["pack_measured"] = choice["samples_per_s"]
+        self._timing("pack_measured")
+        return choice["k"]
+
+    def _drive(self, refs, hub, units: list[Unit], on_tick) -> None:
+        options, plan = self.options, self.plan
+        resources = {"num_cpus": options.cpus_per_task, "num_gpus": options.gpus_per_task}
+        alone = ray.remote(run_task)
+        # A pack streams each task's result as it leaves (a Ray generator). Ray does not retry it: its
+        # tasks' errors come back as results, and when its worker is lost the driver runs the tasks that
+        # had not come back again, with the attempts they have left (_lost_pack).
+        packed = ray.remote(run_pack).options(**resources, max_retries=0)
+
+        def submit(unit: Unit):
+            names = unit.names
+            if not unit.packed:
+                name = names[0]
+                return alone.options(**resources, max_retries=unit.retries, retry_exceptions=True).remote(
+                    refs, plan.spec(name), plan.task_data[name], plan.task_settings[name], hub,
+                    options.cpus_per_task, options.gpus_per_task, self.faults.get(name, 0))
+            return packed.remote(refs, [plan.spec(n) for n in names], [plan.task_data[n] for n in names],
+                                 [plan.task_settings[n] for n in names], hub, options.cpus_per_task,
+                                 options.gpus_per_task, [self.faults.get(n, 0) for n in names])
+
+        pending = deque(units)
+        in_flight: dict = {}  # ObjectRef (a lone task) or ObjectRefGenerator (a pack) -> Unit
         while True:
             self._apply_commands(hub, pending, in_flight)
             while pending and not self.stopping and (not options.max_concurrent
                                                      or len(in_flight) < options.max_concurrent):
-                name = pending.popleft()
-                spec = self.plan.spec(name)
-                ref = task.remote(refs, spec, self.plan.task_data[name], self.plan.task_settings[name], hub,
-                                  options.cpus_per_task, options.gpus_per_task, self.faults.get(name, 0))
-                in_flight[ref] = name
+                unit = pending.popleft()
+                in_flight[submit(unit)] = unit
             if not in_flight:
                 break
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=TICK_S)
@@ -174,25 +232,77 @@ class FinetuneJob:
                 ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
                 self._pull(hub)  # attempts and timings of the finished tasks
             for ref in ready:
-                self._collect(ref, in_flight.pop(ref), hub)
+                if in_flight[ref].packed:
+                    self._collect_pack(ref, in_flight, hub, pending)
+                else:
+                    self._collect(ref, in_flight.pop(ref), hub, pending)
             self._pull(hub)
             self._persist()
             if on_tick:
                 on_tick(self.state)
 
-    def _collect(self, ref, name: str, hub) -> None:
-        """Record one finished task: bundle + row when it succeeded, a failed row otherwise."""
-        spec, settings, outputs = self.plan.spec(name), self.plan.task_settings[name], self.plan.outputs
-        task = self.state.tasks[name]
-        attempts = max(1, task.attempts)
+    def _collect(self, ref, unit: Unit, hub, pending: deque) -> None:
+        """Record a lone task: its outcome, or its final failure."""
+        name = unit.names[0]
         try:
             out = ray.get(ref)
         except ray.exceptions.TaskCancelledError:
             out = {"cancelled": True}
         except ray.exceptions.RayError as e:  # every attempt failed: the task's error or a lost worker/node
+            task = self.state.tasks[name]
             elapsed = time.time() - (task.started_at or time.time())
-            outputs.failed(spec, settings.mode, error_text(e), elapsed, attempts)
+            self.plan.outputs.failed(self.plan.spec(name), self.plan.task_settings[name].mode, error_text(e),
+                                     elapsed, max(1, task.attempts))
             self._finished(hub, name, st.FAILED, error=error_text(e), seconds=elapsed)
+            return
+        self._record(name, out, hub, pending)
+
+    def _collect_pack(self, gen, in_flight: dict, hub, pending: deque) -> None:
+        """Record the next task a pack has yielded; at the pack's end (or its loss), the tasks it did
+        not report."""
+        unit = in_flight[gen]
+        try:
+            name, out = ray.get(next(gen))
+        except StopIteration:
+            in_flight.pop(gen)
+            self._lost_pack(unit, {"error": "the pack ended without a result for this task"}, hub, pending)
+            return
+        except ray.exceptions.TaskCancelledError:
+            in_flight.pop(gen)
+            self._lost_pack(unit, {"cancelled": True}, hub, pending)
+            return
+        except ray.exceptions.RayError as e:  # its worker or node was lost
+            in_flight.pop(gen)
+            self._lost_pack(unit, {"error": error_text(e)}, hub, pending)
+            return
+        unit.reported.add(name)
+        self._record(name, out, hub, pending)
+
+    def _lost_pack(self, unit: Unit, out: dict, hub, pending: deque) -> None:
+        """A pack's tasks without a result: run again together while they have attempts left."""
+        missing = [n for n in unit.names if n not in unit.reported]
+        again = [n for n in missing
+                 if "error" in out and self.options.retries + 1 - max(1, self.state.tasks[n].attempts) > 0]
+        if len(again) > 1 and not self.stopping:
+            pending.appendleft(Unit(again, 0))
+            missing = [n for n in missing if n not in again]
+        for name in missing:
+            self._record(name, out, hub, pending)
+
+    def _record(self, name: str, out: dict, hub, pending: deque) -> None:
+        """One task's outcome: bundle + row when it succeeded; a failure in a pack runs it again alone
+        while it has attempts left."""
+        spec, settings, outputs = self.plan.spec(name), self.plan.task_settings[name], self.plan.outputs
+        task = self.state.tasks[name]
+        attempts = max(1, task.attempts, out.get("attempt", 0))
+        if "error" in out:
+            left = self.options.retries + 1 - attempts
+            if left > 0 and not self.stopping:
+                pending.appendleft(Unit([name], left - 1))
+                return
+            elapsed = time.time() - (task.started_at or time.time())
+            outputs.failed(spec, settings.mode, out["error"], elapsed, attempts)
+            self._finished(hub, name, st.FAILED, error=out["error"], seconds=elapsed)
             return
         if out.get("cancelled"):
             if self.stopping:  # a stopped job leaves the task to --resume
@@ -232,26 +342,30 @@ class FinetuneJob:
                 hub.cancel.remote(list(self.state.tasks))
                 self._cancel_queued(in_flight)
             elif action == "cancel" and name in self.state.tasks and not self.state.tasks[name].finished:
-                if name in pending:
-                    pending.remove(name)
+                unit = next((u for u in pending if name in u.names), None)
+                if unit is not None:  # not submitted yet: taken out of its unit
+                    unit.names.remove(name)
+                    if not unit.names:
+                        pending.remove(unit)
                     spec, mode = self.plan.spec(name), self.plan.task_settings[name].mode
                     self.plan.outputs.failed(spec, mode, "cancelled", 0.0, self.state.tasks[name].attempts)
                     self._finished(hub, name, st.FAILED, error="cancelled", seconds=0.0)
                 else:
                     hub.cancel.remote([name])
-                    self._cancel_queued({r: n for r, n in in_flight.items() if n == name})
+                    self._cancel_queued({r: u for r, u in in_flight.items() if u.names == [name]})
             elif action == "retry_failed" and not self.stopping:
                 names = [n for n, t in self.state.tasks.items() if t.status == st.FAILED]
                 hub.queued.remote(names)
                 for n in names:
                     self.state.tasks[n].status = st.QUEUED
-                pending.extend(names)
+                pending.extend(Unit([n], self.options.retries) for n in names)
 
     def _cancel_queued(self, in_flight: dict) -> None:
-        """Tasks submitted but not started yet are taken off Ray's queue; running ones stop at their
-        next progress report (the hub's cancel flag)."""
-        for ref, name in in_flight.items():
-            if self.state.tasks[name].status == st.QUEUED:
+        """Ray tasks submitted but not started yet are taken off Ray's queue (a pack only when all of
+        its tasks are cancelled: stop); running ones stop at their next progress report (the hub's
+        cancel flag), and a pack that starts later skips its cancelled tasks."""
+        for ref, unit in in_flight.items():
+            if all(self.state.tasks[n].status == st.QUEUED for n in unit.names):
                 ray.cancel(ref)
 
     # State -------------------------------------------------------------------------------------------

@@ -347,7 +347,6 @@ def train_worker(config: dict) -> dict | None:
 
 
 def _optimizer(model, train_config):
-    import torch
+    from peterrec.training import make_optimizer
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=train_config.lr, weight_decay=train_config.weight_decay)
+    return make_optimizer([p for p in model.parameters() if p.requires_grad], train_config)

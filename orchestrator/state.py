@@ -43,6 +43,7 @@ class TaskState:
     error: str | None = None  # last error text
     node: str | None = None  # node IP and worker pid of the current attempt
     pid: int | None = None
+    pack: int = 1  # tasks trained together in the current attempt's fused pack (1: alone)
     started_at: float | None = None  # wall clock of the first attempt's start
     updated_at: float | None = None
     seconds: float | None = None  # of the successful attempt, or until the final failure

@@ -1,7 +1,11 @@
-"""The Ray task that fine-tunes one task: shared backbone in, task state (numpy) + summary out.
+"""The Ray tasks that fine-tune: shared backbone in, task state (numpy) + summary out.
 
-`run_task` is a plain function; the driver wraps it with ray.remote and its resources and retries.
-Any exception is reported to the hub, then raised so that Ray retries the task.
+Plain functions; the driver wraps them with ray.remote and their resources and retries.
+- run_task: one task. Any exception is reported to the hub, then raised so that Ray retries the task.
+- run_pack: several tasks in one fused pack (peterrec.fused), a Ray generator that yields each task's
+  result as it leaves the pack. A task that fails leaves it and comes back as failed (the driver runs
+  it again on its own); the others train on.
+- measure_pack: the pack size `--pack auto` uses, measured on a worker like the ones that will train.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 
 from orchestrator.cluster import node_label
 from orchestrator.shared import SharedRefs, shared_backbone, shared_sequences
-from peterrec.finetune import FinetuneSettings, finetune_task
+from peterrec.finetune import FinetuneSettings, finetune_pack, finetune_task
 from peterrec.training import Progress
 
 REPORT_EVERY_S = 0.5
@@ -29,13 +33,15 @@ class HubReporter:
     """training.train's on_progress: sends progress to the hub at most every REPORT_EVERY_S (and at the
     end), fire-and-forget; returns True (stop) once the hub has answered that the task is cancelled."""
 
-    def __init__(self, hub, name: str, attempt: int):
-        self.hub, self.name, self.attempt = hub, name, attempt
+    def __init__(self, hub, name: str, attempt: int, fail: bool = False):
+        self.hub, self.name, self.attempt, self.fail = hub, name, attempt, fail
         self.last = -math.inf
         self.answer = None  # the latest report whose answer (cancelled?) is still to be read
         self.cancelled = False
 
     def __call__(self, p: Progress) -> bool:
+        if self.fail:  # in the middle of training, as a real failure would come
+            raise InjectedFailure(f"injected failure of attempt {self.attempt} (PETERREC_FAIL_TASKS)")
         if self.answer is not None and ray.wait([self.answer], timeout=0)[0]:
             self.cancelled = self.cancelled or bool(ray.get(self.answer))
             self.answer = None
@@ -76,6 +82,62 @@ def run_task(refs: SharedRefs, task_spec, task_data, settings: FinetuneSettings,
         return {"cancelled": True, "attempt": attempt, "seconds": seconds}
     state = {name: t.detach().cpu().numpy() for name, t in outcome.model.task_state_dict().items()}
     return {"state": state, "summary": outcome.summary(), "seconds": seconds, "attempt": attempt}
+
+
+def run_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings: list[FinetuneSettings], hub,
+             cpus: float, gpus: float = 0.0, fail_attempts: list[int] | None = None):
+    """A Ray generator: fine-tunes several tasks at once, one fused pass over the shared backbone per
+    step, and yields (name, what run_task returns, or {"error": text, ...}) as each task leaves the pack.
+
+    A task's error never stops the pack (the driver decides what runs again); only the loss of the
+    worker ends it early.
+    """
+    start = time.perf_counter()
+    torch.set_num_threads(max(1, int(cpus)))
+    names = [s.name for s in task_specs]
+    node, pid = node_label(), os.getpid()
+    begun = ray.get([hub.started.remote(name, node, pid, len(names)) for name in names])
+    attempts = {name: attempt for name, (attempt, _) in zip(names, begun)}
+    members = []
+    for spec, data, task_settings, (attempt, cancelled), fails in zip(
+            task_specs, task_datas, settings, begun, fail_attempts or [0] * len(names)):
+        if cancelled:
+            yield spec.name, {"cancelled": True, "attempt": attempt, "seconds": 0.0}
+        else:
+            members.append((spec, data, task_settings, HubReporter(hub, spec.name, attempt, attempt <= fails)))
+    left = [spec.name for spec, *_ in members]
+    try:
+        device = torch.device("cuda" if gpus > 0 else "cpu")
+        for name, outcome in finetune_pack(shared_backbone(refs, device), members, shared_sequences(refs), device):
+            left.remove(name)
+            yield name, _pack_result(hub, name, attempts[name], outcome, time.perf_counter() - start)
+    except Exception as e:  # noqa: BLE001 - nobody's alone (e.g. out of memory): each runs again on its own
+        for name in left:
+            yield name, _pack_result(hub, name, attempts[name], e, time.perf_counter() - start)
+
+
+def _pack_result(hub, name: str, attempt: int, outcome, seconds: float) -> dict:
+    if isinstance(outcome, BaseException):
+        hub.attempt_failed.remote(name, attempt, error_text(outcome))
+        return {"error": error_text(outcome), "attempt": attempt, "seconds": seconds}
+    if outcome.result.stopped:
+        return {"cancelled": True, "attempt": attempt, "seconds": seconds}
+    state = {key: t.detach().cpu().numpy() for key, t in outcome.model.task_state_dict().items()}
+    return {"state": state, "summary": outcome.summary(), "seconds": seconds, "attempt": attempt}
+
+
+def measure_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings: list[FinetuneSettings],
+                 cpus: float, gpus: float = 0.0) -> dict:
+    """The pack size for `--pack auto`, measured with this worker's threads and device:
+    {"k", "reason", "samples_per_s"}."""
+    from peterrec.finetune import measure_pack_size
+
+    torch.set_num_threads(max(1, int(cpus)))
+    device = torch.device("cuda" if gpus > 0 else "cpu")
+    choice = measure_pack_size(shared_backbone(refs, device), list(zip(task_specs, task_datas, settings)),
+                               shared_sequences(refs))
+    return {"k": choice.k, "reason": choice.reason,
+            "samples_per_s": {str(k): round(v, 1) for k, v in choice.samples_per_s.items()}}
 
 
 def error_text(error: BaseException) -> str:

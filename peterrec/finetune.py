@@ -7,7 +7,7 @@ where the backbone comes from and where progress goes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -117,15 +117,33 @@ class FinetuneOutcome:
                 "samples_per_s": self.result.samples_per_s}
 
 
-def finetune_task(backbone: Backbone, task_spec, task_data, sequences, settings: FinetuneSettings,
-                  device: torch.device | None = None,
-                  on_progress: Callable[[Progress], bool | None] | None = None) -> FinetuneOutcome:
-    """Fine-tune one task over `backbone` (never modified) and evaluate it on valid and test."""
+@dataclass
+class PreparedTask:
+    """A task ready to train: its model over the backbone, train arrays and valid/test evaluators."""
+
+    spec: object  # tasks.TaskSpec
+    settings: FinetuneSettings  # with the task's overrides
+    model: TaskModel
+    arrays: tuple[np.ndarray, np.ndarray]
+    evaluators: dict[str, TaskEvaluator]
+
+    def validation(self) -> Callable[[], float] | None:
+        valid = self.evaluators["valid"]
+        return (lambda: valid.value(self.model)) if len(valid) else None
+
+    def finish(self, result: TrainResult) -> FinetuneOutcome:
+        """Evaluate the trained model on valid and test."""
+        valid = self.evaluators["valid"].evaluate(self.model)
+        test = self.evaluators["test"].evaluate(self.model)
+        return FinetuneOutcome(self.model, self.spec.metric, test[self.spec.metric], valid, test,
+                               param_report(self.model), result)
+
+
+def prepare_task(backbone: Backbone, task_spec, task_data, sequences, settings: FinetuneSettings) -> PreparedTask:
     settings = with_overrides(settings, task_spec.overrides or {})
-    device = device or next(backbone.parameters()).device
     max_len = backbone.config.max_len
-    train_items, train_labels = task_arrays(task_data, sequences, "train", max_len)
-    if len(train_labels) == 0:
+    arrays = task_arrays(task_data, sequences, "train", max_len)
+    if len(arrays[1]) == 0:
         raise ValueError(f"task {task_spec.name!r} has no training rows")
     evaluators = {
         part: TaskEvaluator(task_spec.kind, task_spec.metric, task_spec.num_outputs,
@@ -135,11 +153,65 @@ def finetune_task(backbone: Backbone, task_spec, task_data, sequences, settings:
     }
     model = build_task_model(backbone, task_spec.kind, task_spec.num_outputs, settings.mode, settings.patch,
                              settings.finelast_blocks, settings.representation, seed=settings.train.seed)
-    valid = evaluators["valid"]
-    result = train(model, (train_items, train_labels), settings.train, device,
-                   evaluate=(lambda: valid.value(model)) if len(valid) else None,
-                   on_progress=on_progress, loss_fn=model.loss)
-    valid_metrics = valid.evaluate(model)
-    test_metrics = evaluators["test"].evaluate(model)
-    return FinetuneOutcome(model, task_spec.metric, test_metrics[task_spec.metric], valid_metrics,
-                           test_metrics, param_report(model), result)
+    return PreparedTask(task_spec, settings, model, arrays, evaluators)
+
+
+def finetune_task(backbone: Backbone, task_spec, task_data, sequences, settings: FinetuneSettings,
+                  device: torch.device | None = None,
+                  on_progress: Callable[[Progress], bool | None] | None = None) -> FinetuneOutcome:
+    """Fine-tune one task over `backbone` (never modified) and evaluate it on valid and test."""
+    device = device or next(backbone.parameters()).device
+    task = prepare_task(backbone, task_spec, task_data, sequences, settings)
+    result = train(task.model, task.arrays, task.settings.train, device, evaluate=task.validation(),
+                   on_progress=on_progress, loss_fn=task.model.loss)
+    return task.finish(result)
+
+
+def packable(settings: FinetuneSettings) -> bool:
+    """Whether a task with these settings (its overrides applied) can train in a fused pack."""
+    from peterrec.fused import PACKABLE_MODES
+
+    return settings.mode in PACKABLE_MODES
+
+
+def finetune_pack(backbone: Backbone, members: list[tuple], sequences, device: torch.device | None = None,
+                  strategy: str = "auto") -> Iterator[tuple[str, FinetuneOutcome | Exception]]:
+    """Fine-tune several tasks at once, one fused pass over `backbone` per step (peterrec.fused).
+
+    members: (task_spec, task_data, settings, on_progress) per task, every mode in PACKABLE_MODES and one
+    bf16 setting. Yields (task name, FinetuneOutcome or the exception that task failed with) as each task
+    leaves the pack, evaluated; one task's failure (or early stop) leaves the others training. Each task
+    gets the weights finetune_task would give it alone, up to floating-point reassociation. An error no
+    single task can be blamed for (e.g. out of memory) is raised.
+    """
+    from peterrec.fused import PackTask, iter_train_pack
+
+    device = device or next(backbone.parameters()).device
+    prepared = {}
+    for spec, data, settings, on_progress in members:
+        try:
+            prepared[spec.name] = (prepare_task(backbone, spec, data, sequences, settings), on_progress)
+        except Exception as e:  # noqa: BLE001 - that task alone fails
+            yield spec.name, e
+    tasks = [PackTask(name, t.model, t.arrays, t.settings.train, t.validation(), on_progress)
+             for name, (t, on_progress) in prepared.items()]
+    if not tasks:
+        return
+    for trained in iter_train_pack(tasks, device, strategy):
+        try:
+            outcome = prepared[trained.name][0].finish(trained.result) if trained.ok else trained.error
+        except Exception as e:  # noqa: BLE001 - evaluation failed: that task alone
+            outcome = e
+        yield trained.name, outcome
+
+
+def measure_pack_size(backbone: Backbone, members: list[tuple], sequences, budget_s: float = 4.0):
+    """`--pack auto`: peterrec.fused.choose_pack_size over throwaway models of these tasks
+    ((task_spec, task_data, settings) each, packable), on the backbone's device and this thread count."""
+    from peterrec.fused import PackTask, choose_pack_size
+
+    tasks = []
+    for spec, data, settings in members:
+        t = prepare_task(backbone, spec, data, sequences, settings)
+        tasks.append(PackTask(spec.name, t.model, t.arrays, t.settings.train))
+    return choose_pack_size(backbone, tasks, max_k=len(tasks), budget_s=budget_s)

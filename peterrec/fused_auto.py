@@ -22,6 +22,7 @@ from peterrec.backbone import Backbone
 from peterrec.fused_patches import PackedPatches
 from peterrec.fused_train import PackTask, check_packable, split_representations, task_loss
 from peterrec.modes import TaskModel
+from peterrec.training import make_optimizer
 
 SINGLE_STEPS = 4  # unpacked steps per measurement round (the tasks in turn); a pack K takes one step
 SAVED_PER_BLOCK = 16  # (B, L, C)-sized tensors autograd keeps per residual block (estimate)
@@ -59,7 +60,7 @@ class _Probe:
         self.model = TaskModel(m.backbone, copy.deepcopy(m.head), copy.deepcopy(m.patches), m.mode,
                                m.representation)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=task.config.lr)
+        self.optimizer = make_optimizer(params, task.config)
         self.params, self.clip = params, task.config.grad_clip
         b = min(task.config.batch_size, len(task.arrays[1]))
         self.batch = [torch.as_tensor(a[:b]).to(device) for a in task.arrays]

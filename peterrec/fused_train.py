@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +25,7 @@ from torch import nn
 from peterrec.backbone import Backbone, user_representation
 from peterrec.fused_patches import PackedPatches
 from peterrec.modes import TaskModel
-from peterrec.training import Progress, TrainConfig, TrainResult, batches
+from peterrec.training import Progress, TrainConfig, TrainResult, batches, make_optimizer
 
 PACKABLE_MODES = ("peterrec", "finecls")
 
@@ -100,7 +100,7 @@ class _Member:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError(f"task {task.name!r}: nothing to train: the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.optimizer = make_optimizer(self.params, self.config)
         self.negatives = torch.Generator(device=device).manual_seed(self.config.seed)
         self.tensors = [torch.as_tensor(a) for a in task.arrays]
         self.n = len(self.tensors[0])
@@ -225,6 +225,14 @@ def train_pack(tasks: Sequence[PackTask], device: torch.device | None = None,
     (up to floating-point reassociation). Errors of one task are caught and reported in its outcome;
     only an error that no single task's batch reproduces alone (e.g. out of memory) is raised.
     """
+    outcomes = {o.name: o for o in iter_train_pack(tasks, device, strategy)}
+    return {t.name: outcomes[t.name] for t in tasks}
+
+
+def iter_train_pack(tasks: Sequence[PackTask], device: torch.device | None = None,
+                    strategy: str = "auto") -> Iterator[PackOutcome]:
+    """train_pack, yielding each task's PackOutcome as soon as it leaves the pack (finished, stopped
+    or failed), while the others train on: a caller can save and evaluate it at once."""
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"task names in a pack must be unique (got {names})")
@@ -235,14 +243,23 @@ def train_pack(tasks: Sequence[PackTask], device: torch.device | None = None,
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if tasks[0].config.bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
     start = time.perf_counter()
-    members, refused = [], {}
+    members = []
     for t in tasks:
         try:
             members.append(_Member(t, device, start))
         except Exception as exc:  # noqa: BLE001 - e.g. nothing to train: that task alone is refused
-            refused[t.name] = PackOutcome(t.name, None, exc, "".join(traceback.format_exception(exc)))
+            yield PackOutcome(t.name, None, exc, "".join(traceback.format_exception(exc)))
     for m in members:
         m.advance(None)
+    left = set()
+
+    def leaving():
+        for m in members:
+            if m.batch is None and m not in left:
+                left.add(m)
+                yield m.outcome
+
+    yield from leaving()
     while active := [m for m in members if m.batch is not None]:
         try:
             losses, errors = _fused_losses(backbone, active, strategy, autocast)
@@ -252,25 +269,24 @@ def train_pack(tasks: Sequence[PackTask], device: torch.device | None = None,
                 raise
             for m, exc in errors.items():
                 m.fail(exc)
+            yield from leaving()
             continue
         for m, exc in errors.items():
             m.fail(exc)
-        if not losses:
-            continue
-        for m in losses:
-            m.optimizer.zero_grad(set_to_none=True)
-        torch.stack(list(losses.values())).sum().backward()
-        values = torch.stack([loss.detach().float() for loss in losses.values()]).tolist()  # one sync
-        for (m, _), value in zip(losses.items(), values):
-            try:
-                m.optimise()
-            except Exception as exc:  # noqa: BLE001
-                m.fail(exc)
-                continue
-            m.advance(value)
-    outcomes = {m.name: m.outcome for m in members} | refused
-    return {name: outcomes[name] for name in names}
+        if losses:
+            for m in losses:
+                m.optimizer.zero_grad(set_to_none=True)
+            torch.stack(list(losses.values())).sum().backward()
+            values = torch.stack([loss.detach().float() for loss in losses.values()]).tolist()  # one sync
+            for (m, _), value in zip(losses.items(), values):
+                try:
+                    m.optimise()
+                except Exception as exc:  # noqa: BLE001
+                    m.fail(exc)
+                    continue
+                m.advance(value)
+        yield from leaving()
 
 
-__all__ = ["PACKABLE_MODES", "PackOutcome", "PackTask", "check_packable", "split_representations", "task_loss",
-           "train_pack"]
+__all__ = ["PACKABLE_MODES", "PackOutcome", "PackTask", "check_packable", "iter_train_pack", "split_representations",
+           "task_loss", "train_pack"]

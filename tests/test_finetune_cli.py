@@ -95,6 +95,16 @@ def test_bad_flags_fail_before_ray_starts(world, tmp_path, capsys, no_ray, extra
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value, expected", [("0", "--pack must be >= 1"),
+                                             ("many", "--pack takes a number of tasks or 'auto'")])
+def test_bad_pack_is_a_usage_error(world, tmp_path, capsys, no_ray, value, expected):
+    spec, backbone = world
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(finetune_args(spec, backbone, tmp_path / "job", "--pack", value))
+    assert exit_.value.code == 2 and expected in capsys.readouterr().err
+    assert not (tmp_path / "job").exists()
+
+
 def test_missing_backbone_is_a_clear_error(world, tmp_path):
     """The real command line: exit 2 and one `error:` line, quickly (no cluster is started)."""
     spec, _ = world
@@ -120,7 +130,7 @@ def test_in_process_runs_every_task_without_ray(world, tmp_path, no_ray):
 def test_help_lists_the_cluster_flags():
     text = cli.build_parser()._subparsers._group_actions[0].choices["finetune"].format_help()
     for flag in ("--address", "--cpus-per-task", "--gpus-per-task", "--max-concurrent", "--retries", "--ui",
-                 "--in-process", "--resume"):
+                 "--in-process", "--resume", "--pack"):
         assert flag in text
 
 

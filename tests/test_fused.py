@@ -186,6 +186,24 @@ def test_one_task_leaving_does_not_stop_the_others(backbone, how):
         assert_same(weights(task.model), alone(reference)[0])
 
 
+def test_iter_train_pack_yields_each_task_as_it_leaves(backbone):
+    """The short task comes back (final weights and all) while the longer ones still train."""
+    from peterrec.fused import iter_train_pack
+
+    configs = [PatchConfig(insertion="serial", init_std=0.1)] * 3
+    steps_when_yielded = {}
+    tasks = make_tasks(backbone, configs)
+    totals = {t.name: t.config.total_steps(len(t.arrays[1])) for t in tasks}
+    members = {t.name: t for t in tasks}
+    for outcome in iter_train_pack(tasks):
+        assert outcome.ok and outcome.result.steps == totals[outcome.name]
+        steps_when_yielded[outcome.name] = {n: weights(t.model) for n, t in members.items()}
+        reference = make_tasks(backbone, configs)[[t.name for t in tasks].index(outcome.name)]
+        assert_same(weights(members[outcome.name].model), alone(reference)[0])  # final when yielded
+    order = list(steps_when_yielded)
+    assert sorted(order) == sorted(totals) and order[0] == min(totals, key=totals.get)  # "cold": 6 steps
+
+
 @pytest.mark.parametrize("strategy", ["group", "bmm"])
 def test_packed_patches_forward_matches_each_task(backbone, strategy):
     """Rows in any order, mixed insertion / widths / LayerNorm2 and a task without patches."""

@@ -274,3 +274,79 @@ def test_backbone_is_read_zero_copy_in_workers(world, ray_cluster):
     arrays = ray.get(refs.backbone)
     for key, tensor in backbone.state_dict().items():
         np.testing.assert_array_equal(arrays[key], tensor.numpy())
+
+
+def test_packed_job_trains_like_tasks_alone(world, ray_cluster, tmp_path):
+    """--pack: tasks trained in fused packs on Ray end with the weights each gets alone in process."""
+    from safetensors.torch import load_file
+
+    from orchestrator.client import JobClient
+
+    spec, backbone_dir = world
+    assert cli.main(finetune_args(spec, backbone_dir, tmp_path / "packed", "--pack", 3)) == 0
+    assert cli.main(finetune_args(spec, backbone_dir, tmp_path / "alone", "--in-process")) == 0
+    names = task_names(spec)
+    rows = read_results(tmp_path / "packed")
+    assert sorted(r["task"] for r in rows) == sorted(names)
+    assert all(r["status"] == "done" and r["attempts"] == 1 for r in rows)
+    state = JobClient.attach(tmp_path / "packed").state()
+    # 5 tasks on 2 slots: two packs (3 + 2), so both CPUs work; each task ran in its pack.
+    assert state.resources["pack"] == 3 and state.resources["pack_size"] == 3
+    assert sorted(t.pack for t in state.tasks.values()) == [2, 2, 3, 3, 3]
+    for name in names:
+        packed, alone = (load_file(str(tmp_path / job / "bundle" / "tasks" / name / "adapter_model.safetensors"))
+                         for job in ("packed", "alone"))
+        assert packed.keys() == alone.keys()
+        for key in packed:
+            torch.testing.assert_close(packed[key], alone[key], atol=1e-5, rtol=1e-4)
+
+
+def test_task_failing_in_a_pack_runs_again_alone(world, ray_cluster, tmp_path, monkeypatch):
+    spec, backbone_dir = world
+    out = tmp_path / "job"
+    bad, flaky, *others = task_names(spec)
+    # Both fail in the middle of training in the pack (their first progress report); the others finish
+    # there. `flaky` then succeeds alone; `bad` fails its second attempt too and is recorded failed.
+    monkeypatch.setenv("PETERREC_FAIL_TASKS", f"{bad},{flaky}:1")
+    assert cli.main(finetune_args(spec, backbone_dir, out, "--pack", 8, "--retries", 1)) == 1
+    rows = {r["task"]: r for r in read_results(out)}
+    assert rows[bad]["status"] == "failed" and rows[bad]["attempts"] == 2
+    assert "InjectedFailure" in rows[bad]["error"]
+    assert rows[flaky]["status"] == "done" and rows[flaky]["attempts"] == 2
+    assert all(rows[n]["status"] == "done" and rows[n]["attempts"] == 1 for n in others)
+    assert sorted(bundle_hashes(out)) == sorted([flaky, *others])
+
+
+def test_cancelling_one_task_of_a_running_pack_leaves_the_others_training(world, ray_cluster, tmp_path):
+    from commands.finetune import settings_from
+    from orchestrator.client import JobClient
+    from orchestrator.job import FinetuneJob, JobOptions
+    from orchestrator.plan import plan_job
+
+    spec, backbone_dir = world
+    out = tmp_path / "job"
+    args = cli.build_parser().parse_args(finetune_args(spec, backbone_dir, out, steps=100_000) + ["--epochs", "10000"])
+    a, b, c = task_names(spec)[:3]
+    plan = plan_job(spec, backbone_dir, out, settings_from(args), [f"{a},{b},{c}"])
+    job = FinetuneJob(plan, JobOptions(cpus_per_task=1, max_concurrent=1, retries=0, pack=3))
+    runner = threading.Thread(target=job.run)
+    runner.start()
+    try:
+        client = JobClient(out, job)
+        wait_for(lambda: all(t.step > 0 for t in client.state().tasks.values()))
+        assert {t.pack for t in client.state().tasks.values()} == {3}
+        assert len({t.pid for t in client.state().tasks.values()}) == 1  # one worker holds the pack
+        client.cancel(b)
+        wait_for(lambda: client.task(b).status == "failed")
+        steps = {n: client.task(n).step for n in (a, c)}
+        wait_for(lambda: all(client.task(n).step > steps[n] for n in (a, c)))  # the others go on
+        assert {client.task(n).status for n in (a, c)} == {"running"}
+        client.stop()
+        runner.join(60)
+        assert not runner.is_alive()
+    finally:
+        job.stop()
+        runner.join(60)
+    rows = {r["task"]: r for r in client.results()}
+    assert rows[b]["status"] == "failed" and rows[b]["error"] == "cancelled"
+    assert a not in rows and c not in rows  # stopped: left for --resume

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -23,9 +24,9 @@ from test_orchestrator import bundle_hashes, finetune_args, make_world, task_nam
 MB = 1024 * 1024
 
 
-def remove_node_scenario(spec: str, backbone: str, out: str) -> dict:
-    """A head with 0 CPUs and two 1-CPU worker nodes on loopback; once both nodes run a task, one
-    node is removed. Returns what the test checks."""
+def remove_node_scenario(spec: str, backbone: str, out: str, pack: str = "1") -> dict:
+    """A head with 0 CPUs and two 1-CPU worker nodes on loopback; once both nodes run a task (or a
+    pack of tasks), one node is removed. Returns what the test checks."""
     import orchestrator  # noqa: F401  (sets Ray's loopback environment before Ray is imported)
     import ray
     from ray.cluster_utils import Cluster
@@ -47,12 +48,12 @@ def remove_node_scenario(spec: str, backbone: str, out: str) -> dict:
 
         args = cli.build_parser().parse_args(finetune_args(spec, backbone, out, steps=120) + ["--epochs", "1000"])
         plan = plan_job(spec, backbone, out, settings_from(args))
-        job = FinetuneJob(plan, JobOptions(cpus_per_task=1, retries=2))
+        job = FinetuneJob(plan, JobOptions(cpus_per_task=1, retries=2, pack=pack))
         removed = {}
 
         def on_tick(state):
             running = [n for n, t in state.tasks.items() if t.status == "running" and t.step > 0]
-            if not removed and len(running) == 2:
+            if not removed and len({state.tasks[n].pid for n in running}) == 2:
                 cluster.remove_node(workers[1])
                 removed.update(running=running, done=[n for n, t in state.tasks.items() if t.status == "done"])
 
@@ -66,16 +67,19 @@ def remove_node_scenario(spec: str, backbone: str, out: str) -> dict:
         cluster.shutdown()
 
 
-def test_job_survives_removing_a_worker_node(tmp_path):
+@pytest.mark.parametrize("pack", [1, 3], ids=["alone", "packs"])
+def test_job_survives_removing_a_worker_node(tmp_path, pack):
+    """Alone: Ray retries the lost task elsewhere. Packs (6 tasks, 2 nodes: two packs of 3): the lost
+    pack's tasks run again together on the node left."""
     spec, backbone = make_world(tmp_path, tasks=6)
     out = tmp_path / "job"
-    child = subprocess.run([sys.executable, __file__, "remove-node", str(spec), str(backbone), str(out)],
+    child = subprocess.run([sys.executable, __file__, "remove-node", str(spec), str(backbone), str(out), str(pack)],
                            capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert child.returncode == 0, child.stderr[-3000:]
     report = json.loads(child.stdout.strip().splitlines()[-1])
     names = sorted(task_names(spec))
     assert report["nodes"] == 3 and report["ips"] == ["127.0.0.1"] and report["alive_after"] == 2
-    assert len(report["removed"]["running"]) == 2, report["removed"]  # removed while both nodes were busy
+    assert len(report["removed"]["running"]) == 2 * pack, report["removed"]  # removed while both nodes were busy
     rows = report["rows"]
     assert sorted(r["task"] for r in rows) == names  # every task once: none lost, none duplicated
     assert all(r["status"] == "done" for r in rows), rows
@@ -138,6 +142,6 @@ def test_driver_killed_then_resumed(tmp_path):
 
 if __name__ == "__main__":
     if sys.argv[1] == "remove-node":
-        print(json.dumps(remove_node_scenario(*sys.argv[2:5])))
+        print(json.dumps(remove_node_scenario(*sys.argv[2:6])))
     else:
         sys.exit(f"unknown scenario {sys.argv[1]!r}")

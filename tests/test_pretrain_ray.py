@@ -144,7 +144,7 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
     """Stopped after epoch 1, saved (weights + optimizer), loaded into fresh objects, trained on: the
     same weights as two epochs in one go (the next-item objective is deterministic)."""
     from orchestrator.pretrain_state import load_weights
-    from peterrec.training import TrainConfig, train
+    from peterrec.training import TrainConfig, make_optimizer, train
 
     items = np.random.default_rng(0).integers(1, 30, size=(40, 11))
     config = TrainConfig(epochs=2, batch_size=16, lr=0.01, seed=3)
@@ -152,7 +152,7 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
     train(whole, (items,), config, torch.device("cpu"))
 
     first = tiny_objective()
-    optimizer = torch.optim.AdamW(first.parameters(), lr=config.lr, weight_decay=0.0)
+    optimizer = make_optimizer(list(first.parameters()), config)
     saved = []
 
     def save_and_stop(p):
@@ -167,7 +167,7 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
     assert saved == [3]
 
     second = tiny_objective()
-    optimizer = torch.optim.AdamW(second.parameters(), lr=config.lr, weight_decay=0.0)
+    optimizer = make_optimizer(list(second.parameters()), config)
     load_weights(tmp_path / "ckpt", second)
     state = load_train_state(tmp_path / "ckpt", optimizer)
     assert state == {"step": 3, "epoch": 0}

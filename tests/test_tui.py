@@ -255,19 +255,21 @@ def test_budget_on_the_meta_device_matches_real_models(world, mode):
 def test_launcher_fields_become_the_finetune_command():
     from tui.launch import LaunchError, LaunchSettings, finetune_argv, parse_finetune
 
-    s = LaunchSettings(backbone="ckpt", spec="data", out="job", mode="finecls", workers="3", cpus="0.5", gpus="0.25",
+    s = LaunchSettings(backbone="ckpt", spec="data", out="job", mode="finecls", workers="3", pack="auto", cpus="0.5",
+                       gpus="0.25",
                        address="10.0.0.1:6379", epochs="2", max_steps="7", batch_size="16", lr="0.0005",
                        existing="resume")
     args = parse_finetune(finetune_argv(s))
     assert (args.backbone, args.tasks, args.out, args.mode, args.max_concurrent) == \
         ("ckpt", "data", "job", "finecls", 3)
-    assert (args.cpus_per_task, args.gpus_per_task, args.address) == (0.5, 0.25, "10.0.0.1:6379")
+    assert (args.cpus_per_task, args.gpus_per_task, args.address, args.pack) == (0.5, 0.25, "10.0.0.1:6379", "auto")
     assert (args.epochs, args.max_steps, args.batch_size, args.lr, args.resume, args.force) == \
         (2, 7, 16, 0.0005, True, False)
     assert parse_finetune(finetune_argv(LaunchSettings(backbone="b", spec="s", out="o", address="local"))).address \
         is None
     for field, value, message in (("backbone", "", "backbone checkpoint: required"),
                                   ("workers", "two", "workers: expected a whole number"),
+                                  ("pack", "0", "pack: must be >= 1"),
                                   ("cpus", "0", "CPUs per task: must be >= 0.01"),
                                   ("max_steps", "0", "max steps: must be >= 1")):
         bad = LaunchSettings(backbone="b", spec="s", out="o")

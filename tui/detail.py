@@ -121,6 +121,7 @@ def attempts_table(task: TaskState, view: JobView) -> Table:
         ("attempts", str(task.attempts)),
         ("retries allowed", str(view.state.resources.get("retries", ""))),
         ("node", f"{task.node or ''}{f' (pid {task.pid})' if task.pid else ''}"),
+        ("trained", f"in a fused pack of {task.pack} tasks" if task.pack > 1 else "alone"),
         ("epoch", str(task.epoch)),
         ("loss", v.number(task.loss)),
         (f"valid {task.metric_name}", v.number(task.metric)),

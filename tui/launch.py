@@ -22,6 +22,7 @@ class LaunchSettings:
     mode: str = "peterrec"
     existing: str = "new"  # new | resume | force
     workers: str = "0"  # most tasks at once; 0: as many as the cluster's resources allow
+    pack: str = "1"  # most tasks trained together per worker (a number, or auto)
     cpus: str = "1"
     gpus: str = "0"
     address: str = ""  # blank: an embedded Ray on this machine
@@ -64,6 +65,12 @@ def finetune_argv(s: LaunchSettings) -> list[str]:
         if not getattr(s, field).strip():
             raise LaunchError(field, f"{label}: required")
     workers = _number(int, "workers", "workers", s.workers, 0)
+    try:
+        from orchestrator.packing import parse_pack
+
+        pack = parse_pack(s.pack)
+    except ValueError as e:
+        raise LaunchError("pack", f"pack: {e}".replace("--pack ", "")) from None
     cpus = _number(float, "cpus", "CPUs per task", s.cpus, 0.01)
     gpus = _number(float, "gpus", "GPU per task", s.gpus, 0)
     epochs = _number(int, "epochs", "epochs", s.epochs, 1)
@@ -72,7 +79,7 @@ def finetune_argv(s: LaunchSettings) -> list[str]:
     lr = _number(float, "lr", "learning rate", s.lr, 1e-12)
     argv = ["finetune", "--backbone", s.backbone.strip(), "--tasks", s.spec.strip(), "--out", s.out.strip(),
             "--mode", s.mode, "--max-concurrent", str(workers), "--cpus-per-task", f"{cpus:g}",
-            "--gpus-per-task", f"{gpus:g}", "--epochs", str(epochs), "--batch-size", str(batch), "--lr", f"{lr:g}"]
+            "--gpus-per-task", f"{gpus:g}", "--pack", str(pack), "--epochs", str(epochs), "--batch-size", str(batch), "--lr", f"{lr:g}"]
     if max_steps is not None:
         argv += ["--max-steps", str(max_steps)]
     if s.address.strip() and s.address.strip() != "local":
@@ -112,12 +119,10 @@ def settings_of(s: LaunchSettings):
 def make_job(args):
     """Plan (every check of `finetune`: spec, data, backbone, job directory) and build the job; blocking,
     so called off the UI thread. Raises DataError, CheckpointError, FileExistsError or ValueError."""
-    from commands.finetune import plan_from
-    from orchestrator.job import FinetuneJob, JobOptions
+    from commands.finetune import job_options, plan_from
+    from orchestrator.job import FinetuneJob
 
-    options = JobOptions(address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
-                         max_concurrent=args.max_concurrent, retries=args.retries, num_cpus=args.num_cpus,
-                         object_store_mb=args.object_store_mb)
+    options = job_options(args)
     started = time.time()  # the job's clock starts now, not when the UI did
     if args.address:
         check_address(args.address)

@@ -269,9 +269,11 @@ def pack(parts: list[Text], width: int, gap: str = "   ") -> Text:
 
 
 def cluster_text(state: JobState) -> Text:
-    """Cluster resources in use (running tasks x per-task resources) and aggregate throughput."""
+    """Cluster resources in use (running workers x per-worker resources; a pack of tasks is one worker)
+    and aggregate throughput."""
     cluster, res = state.cluster or {}, state.resources or {}
-    running = sum(t.status in (st.RUNNING, st.RETRYING) for t in state.tasks.values())
+    running = len({(t.node, t.pid) if t.pack > 1 else t.name for t in state.tasks.values()
+                   if t.status in (st.RUNNING, st.RETRYING)})
     text = Text()
     if cluster:
         nodes = cluster.get("nodes", 0)

@@ -1,0 +1,83 @@
+"""Which tasks of a job train together: fused packs of up to K tasks per worker (`finetune --pack`).
+
+A pack is one Ray task that trains its members in one forward pass over the shared backbone per step
+(peterrec.fused). Only tasks over the shared frozen backbone can share a pass (modes peterrec and
+finecls), and members share one bf16 setting; every other task runs alone, as without packing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+def parse_pack(text: str) -> int | str:
+    """`--pack` value: a positive int, or "auto"."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        k = int(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"--pack takes a number of tasks or 'auto' (got {text!r})") from None
+    if k < 1:
+        raise ValueError(f"--pack must be >= 1 (got {k})")
+    return k
+
+
+@dataclass
+class Unit:
+    """What one Ray task runs: one task alone, or a pack of several; `retries` left for a lone task."""
+
+    names: list[str]
+    retries: int
+    reported: set[str] = field(default_factory=set)  # a running pack's tasks whose result has come back
+
+    @property
+    def packed(self) -> bool:
+        return len(self.names) > 1
+
+
+def packable_names(names: list[str], settings: dict) -> list[str]:
+    from peterrec.finetune import packable
+
+    return [n for n in names if packable(settings[n])]
+
+
+def training_steps(names: list[str], settings: dict, task_data: dict) -> dict[str, int]:
+    """Each task's optimiser steps, from its train split and its TrainConfig."""
+    return {n: settings[n].train.total_steps(len(task_data[n].part("train")[1])) for n in names}
+
+
+def plan_units(names: list[str], settings: dict, steps: dict[str, int], k: int, slots: int,
+               retries: int) -> list[Unit]:
+    """Submission units, in the order to run them.
+
+    names: the tasks to run, in spec order; settings: their FinetuneSettings; steps: their training
+    steps; k: the most tasks per pack; slots: how many units can run at once.
+    Packs never leave slots idle: K is lowered to ceil(packable / slots) when that is smaller, and
+    the packable tasks are spread over as few packs as K allows, in sizes that differ by at most one.
+    Within each bf16 setting, packed tasks are sorted by training steps (longest first) so a pack's
+    members finish together; units then run longest first. With k = 1 every task runs alone, in
+    spec order.
+    """
+    if k <= 1:
+        return [Unit([n], retries) for n in names]
+    pack_these = set(packable_names(names, settings))
+    alone = [[n] for n in names if n not in pack_these]
+    groups: dict[bool, list[str]] = {}
+    for n in names:
+        if n in pack_these:
+            groups.setdefault(settings[n].train.bf16, []).append(n)
+    packs = []
+    for members in groups.values():
+        members.sort(key=lambda n: -steps[n])
+        size = max(1, min(k, math.ceil(len(members) / max(1, slots))))
+        count = math.ceil(len(members) / size)
+        base, extra = divmod(len(members), count)
+        start = 0
+        for i in range(count):
+            end = start + base + (i < extra)
+            packs.append(members[start:end])
+            start = end
+    units = sorted(packs + alone, key=lambda unit: -max(steps[n] for n in unit))
+    return [Unit(unit, retries) for unit in units]
