@@ -1,19 +1,20 @@
 """Packed vs one-by-one fine-tuning: aggregate samples/s of K tasks trained in one fused pack against
 the same K tasks trained one after another with training.train, on the same cores, in one run.
 
-Run: .venv/bin/python benchmarks/bench_fused.py            (about a minute on 2 idle CPU cores)
-     .venv/bin/python benchmarks/bench_fused.py --quick    (about 20 s)
+Run: .venv/bin/python benchmarks/bench_fused.py            (about 3 minutes on 2 idle CPU cores)
+     .venv/bin/python benchmarks/bench_fused.py --quick    (about a minute)
      .venv/bin/python benchmarks/bench_fused.py --device cuda
 
-Each setting builds a backbone (4 blocks, dilations 1,4,1,4, length 50) and K tasks, half classify
-(4 classes) and half coldrec (500 target items, 20 sampled negatives), per-task batch 32. A round
-trains fresh copies of the K tasks for a few steps each, once one by one (training.train per task)
-and once as one pack (train_pack); rounds alternate the two sides, so both see the same load from
-other processes. Printed: aggregate samples/s of each side over all rounds, the ratio, and the
-median of the per-round ratios (the figure least disturbed by other processes), then what
-`--pack auto` (choose_pack_size) picks for the setting. The load average is printed too: with 2
-torch threads on a busy machine OpenMP threads spin and wait, which hurts small unpacked steps most;
---threads 1 gives a view that load distorts less.
+Each setting (channels x per-task batch) builds a backbone (the default shape: 4 blocks, dilations
+1,4,1,4, length 50) and K tasks, half classify (4 classes) and half coldrec (500 target items, 20
+sampled negatives). First `--pack auto` (choose_pack_size) picks its K for the setting. Then each
+round trains fresh copies of the K tasks for a few steps each three ways: one by one
+(training.train per task), as one pack of K (train_pack), and in packs of auto's K; rounds
+alternate the order, so all sides see the same load from other processes. Printed: aggregate
+samples/s of each side, the ratios, and the median of the per-round ratios (the figure least
+disturbed by other processes); a summary table at the end. With 2 torch threads on a busy machine
+OpenMP threads spin and wait, which hurts small unpacked steps most: the load average is printed
+too, and --threads 1 gives a view that load distorts less.
 """
 
 from __future__ import annotations
@@ -71,53 +72,77 @@ def packed(tasks: list[PackTask], device, strategy: str) -> tuple[int, float]:
     return sum(o.result.steps * t.config.batch_size for o, t in zip(outcomes.values(), tasks)), seconds
 
 
-def setting(channels: int, k: int, batch: int, steps: int, rounds: int, device, strategy: str) -> None:
+def packs_of(k: int):
+    """Training the tasks in consecutive packs of k (k = 1: one by one), as `finetune --pack k` would."""
+    def run(tasks, device, strategy):
+        if k == 1:
+            return one_by_one(tasks, device)
+        samples, seconds = 0, 0.0
+        for i in range(0, len(tasks), k):
+            n, s = packed(tasks[i:i + k], device, strategy)
+            samples, seconds = samples + n, seconds + s
+        return samples, seconds
+    return run
+
+
+def setting(channels: int, k: int, batch: int, steps: int, rounds: int, device, strategy: str) -> dict:
     torch.manual_seed(0)
     config = BackboneConfig(vocab_size=VOCAB, channels=channels, dilations=(1, 4, 1, 4), max_len=LENGTH)
     backbone = Backbone(config).to(device).requires_grad_(False)
     one_by_one(make_tasks(backbone, 2, batch, 1), device)  # warm-up: allocator, kernel selection
     packed(make_tasks(backbone, 2, batch, 1), device, strategy)
-    totals = {"one": [0, 0.0], "pack": [0, 0.0]}
-    ratios = []
+    choice = choose_pack_size(backbone, make_tasks(backbone, k, batch, 4), budget_s=4.0)
+    sides = {"one": packs_of(1), "pack": packs_of(k), "auto": packs_of(choice.k)}
+    totals = {name: [0, 0.0] for name in sides}
+    ratios = {"pack": [], "auto": []}
     for r in range(rounds):
-        sides = [("one", lambda: one_by_one(make_tasks(backbone, k, batch, steps), device)),
-                 ("pack", lambda: packed(make_tasks(backbone, k, batch, steps), device, strategy))]
         rates = {}
-        for name, run in sides if r % 2 == 0 else sides[::-1]:
-            samples, seconds = run()
+        order = list(sides) if r % 2 == 0 else list(sides)[::-1]  # alternate, so load hits all sides alike
+        for name in order:
+            samples, seconds = sides[name](make_tasks(backbone, k, batch, steps), device, strategy)
             totals[name][0] += samples
             totals[name][1] += seconds
             rates[name] = samples / seconds
-        ratios.append(rates["pack"] / rates["one"])
-    one, pack = (totals[s][0] / totals[s][1] for s in ("one", "pack"))
-    print(f"C={channels:<4d} K={k} batch={batch} ({rounds} rounds x {steps} steps/task): "
-          f"one-by-one {one:7.1f} samples/s  packed[{strategy}] {pack:7.1f} samples/s  "
-          f"ratio {pack / one:4.2f}x  (median of rounds {statistics.median(ratios):4.2f}x, "
-          f"range {min(ratios):4.2f}-{max(ratios):4.2f})", flush=True)
-    choice = choose_pack_size(backbone, make_tasks(backbone, k, batch, 4), budget_s=4.0)
-    rates = ", ".join(f"K={n}: {v:.0f}" for n, v in choice.samples_per_s.items())
-    print(f"    --pack auto -> K={choice.k} ({rates} samples/s): {choice.reason}", flush=True)
+        for name in ratios:
+            ratios[name].append(rates[name] / rates["one"])
+    rate = {name: totals[name][0] / totals[name][1] for name in sides}
+    print(f"C={channels:<4d} batch={batch:<3d} K={k} ({rounds} rounds x {steps} steps/task): "
+          f"one-by-one {rate['one']:7.1f}  packed {rate['pack']:7.1f} samples/s  ratio {rate['pack'] / rate['one']:4.2f}x "
+          f"(median of rounds {statistics.median(ratios['pack']):4.2f}x, "
+          f"range {min(ratios['pack']):4.2f}-{max(ratios['pack']):4.2f})", flush=True)
+    measured = ", ".join(f"K={n}: {v:.0f}" for n, v in choice.samples_per_s.items())
+    print(f"    --pack auto -> K={choice.k} ({measured} samples/s): {rate['auto']:7.1f} samples/s, "
+          f"{rate['auto'] / rate['one']:4.2f}x one-by-one (median {statistics.median(ratios['auto']):4.2f}x)",
+          flush=True)
+    return {"channels": channels, "batch": batch, "pack": statistics.median(ratios["pack"]), "auto_k": choice.k,
+            "auto": statistics.median(ratios["auto"])}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--tasks", type=int, default=16, help="tasks in the pack (K)")
-    parser.add_argument("--batch", type=int, default=32, help="per-task batch size")
+    parser.add_argument("--settings", default="64x8,64x16,64x32,256x32",
+                        help="CHANNELSxBATCH settings to measure (per-task batch)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--strategy", default="auto", help="PackedPatches strategy: auto, bmm or group")
-    parser.add_argument("--channels", default="64,256", help="backbone widths to measure")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    for channels in (int(c) for c in args.channels.split(",")):
+    rows = []
+    for item in args.settings.split(","):
+        channels, batch = (int(v) for v in item.lower().split("x"))
         small = channels <= 64
         steps = (3 if small else 1) * (10 if device.type == "cuda" else 1)
-        rounds = (2 if args.quick else 6) if small else (2 if args.quick else 4)
-        setting(channels, args.tasks, args.batch, steps, rounds, device, args.strategy)
+        rounds = (2 if args.quick else 5) if small else (2 if args.quick else 3)
+        rows.append(setting(channels, args.tasks, batch, steps, rounds, device, args.strategy))
+    print(f"\nsummary (median of rounds; packed = K={args.tasks}, auto = the K `--pack auto` picked):")
+    print("  channels  batch  packed/one  auto K  auto/one")
+    for r in rows:
+        print(f"  {r['channels']:>8d}  {r['batch']:>5d}  {r['pack']:>9.2f}x  {r['auto_k']:>6d}  {r['auto']:>7.2f}x")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

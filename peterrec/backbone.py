@@ -25,7 +25,12 @@ class BlockAdapter(Protocol):
 
 
 class DilatedConv(nn.Module):
-    """1-D dilated convolution over (B, L, C); causal pads left only, non-causal pads both sides."""
+    """1-D dilated convolution over (B, L, C); causal pads left only, non-causal pads both sides.
+
+    Computed channel-last as one matmul over the k shifted copies of the input side by side
+    (B, L, k*C) @ (k*C, C): no (B, L, C) <-> (B, C, L) transposes, which cost more than the
+    convolution itself at these widths (1.05-1.3x faster steps on CPU, benchmarks/bench_fused.py).
+    The weights stay an nn.Conv1d's, so checkpoints are unchanged."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int, causal: bool):
         super().__init__()
@@ -34,8 +39,11 @@ class DilatedConv(nn.Module):
         self.padding = (span, 0) if causal else (span // 2, span - span // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.pad(x.transpose(1, 2), self.padding)  # (B, C, L + span)
-        return self.conv(h).transpose(1, 2)  # (B, L, C)
+        length, (k,), (d,) = x.shape[1], self.conv.kernel_size, self.conv.dilation
+        padded = F.pad(x, (0, 0, *self.padding))  # (B, L + span, C)
+        shifted = torch.cat([padded[:, i * d:i * d + length] for i in range(k)], dim=-1)  # (B, L, k*C)
+        weight = self.conv.weight.permute(0, 2, 1).reshape(self.conv.out_channels, -1)  # (C_out, k*C_in)
+        return F.linear(shifted, weight, self.conv.bias)  # (B, L, C)
 
 
 class ResidualBlock(nn.Module):

@@ -43,6 +43,24 @@ def test_patch_config_rejects_width_not_multiple_of_cardinality():
         PatchConfig(insertion="sideways")
 
 
+@pytest.mark.parametrize("causal, kernel, dilation", [(True, 3, 1), (True, 3, 4), (True, 2, 3), (False, 3, 2),
+                                                     (False, 5, 1), (True, 1, 1)])
+def test_dilated_conv_is_conv1d_over_the_padded_sequence(causal, kernel, dilation):
+    """The channel-last matmul form computes exactly what nn.Conv1d does on (B, C, L), gradients too."""
+    import torch.nn.functional as F
+
+    from peterrec.backbone import DilatedConv
+
+    torch.manual_seed(0)
+    conv = DilatedConv(6, kernel, dilation, causal)
+    x = torch.randn(3, 9, 6, requires_grad=True)
+    reference = conv.conv(F.pad(x.transpose(1, 2), conv.padding)).transpose(1, 2)
+    torch.testing.assert_close(conv(x), reference)
+    grads = [torch.autograd.grad(out.square().sum(), [x, conv.conv.weight]) for out in (conv(x), reference)]
+    for mine, theirs in zip(*grads):
+        torch.testing.assert_close(mine, theirs)
+
+
 def test_causal_output_ignores_future_items():
     model = tiny(causal=True).eval()
     x = items()
