@@ -111,7 +111,7 @@ def run_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings: lis
         for name, outcome in finetune_pack(shared_backbone(refs, device), members, shared_sequences(refs), device):
             left.remove(name)
             yield name, _pack_result(hub, name, attempts[name], outcome, time.perf_counter() - start)
-    except Exception as e:  # noqa: BLE001 - nobody's alone (e.g. out of memory): each runs again on its own
+    except Exception as e:  # noqa: BLE001 - no one task to blame (e.g. out of memory): each runs again alone
         for name in left:
             yield name, _pack_result(hub, name, attempts[name], e, time.perf_counter() - start)
 

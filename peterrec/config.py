@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 
 MODES = ("peterrec", "finecls", "finelast", "fineall", "peterzero")  # see modes.py

@@ -6,7 +6,7 @@ where the backbone comes from and where progress goes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Iterator
 
 import numpy as np

@@ -1,9 +1,9 @@
 """train_pack: train K tasks at once, one fused forward/backward over the shared backbone per step.
 
-Each task keeps everything training.train would give it alone: its own shuffled batch order (a
-torch.Generator seeded with its TrainConfig.seed, the same `batches()`), its own negative-sampling
-generator (seeded likewise, so it draws what the global RNG would after train()'s manual_seed), its
-own AdamW, grad clipping, epochs / max_steps, evaluation, keep-best and progress callback. A step
+Each task keeps everything training.train would give it alone: the same training.training_steps
+(its shuffled batch order, epochs / max_steps, evaluation, keep-best, progress callback), its own
+negative-sampling generator (seeded so it draws what the global RNG would after train()'s
+manual_seed), its own AdamW and grad clipping. A step
 concatenates the next batch of every active task, runs the backbone once with PackedPatches, takes
 each task's loss on its own rows and backpropagates their sum once: rows never mix, so each task's
 parameters receive exactly its own loss's gradient. A task that finishes, is asked to stop or
@@ -25,7 +25,7 @@ from torch import nn
 from peterrec.backbone import Backbone, user_representation
 from peterrec.fused_patches import PackedPatches
 from peterrec.modes import TaskModel
-from peterrec.training import Progress, TrainConfig, TrainResult, batches, make_optimizer
+from peterrec.training import Progress, TrainConfig, TrainResult, make_optimizer, trainable_parameters, training_steps
 
 PACKABLE_MODES = ("peterrec", "finecls")
 
@@ -92,76 +92,22 @@ def task_loss(model: TaskModel, rep: torch.Tensor, labels: torch.Tensor,
 
 
 class _Member:
-    """One task inside the pack: training.train's per-task state, driven step by step."""
+    """One task inside the pack: training.training_steps (the run's bookkeeping, as training.train
+    has it) with its own optimizer and negative-sampling generator; the pack does the steps."""
 
     def __init__(self, task: PackTask, device: torch.device, start: float):
-        self.task, self.name, self.config, self.device = task, task.name, task.config, device
-        self.model, self.start = task.model, start
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.params:
-            raise ValueError(f"task {task.name!r}: nothing to train: the model has no trainable parameters")
+        self.task, self.name, self.config, self.model = task, task.name, task.config, task.model
+        try:
+            self.params = trainable_parameters(self.model)
+        except ValueError as e:
+            raise ValueError(f"task {task.name!r}: {e}") from None
         self.optimizer = make_optimizer(self.params, self.config)
+        # What the global RNG would draw after train()'s torch.manual_seed(config.seed).
         self.negatives = torch.Generator(device=device).manual_seed(self.config.seed)
-        self.tensors = [torch.as_tensor(a) for a in task.arrays]
-        self.n = len(self.tensors[0])
-        self.total = self.config.total_steps(self.n)
-        self.step, self.seen, self.epoch, self.loss_value = 0, 0, 0, float("nan")
-        self.best, self.best_state, self.metric, self.history, self.stopped = None, None, None, [], False
         self.batch: list[torch.Tensor] | None = None  # the next batch; None once the task has left
         self.outcome: PackOutcome | None = None
-        self._loop = self._run()
-
-    # The loop of training.train, with the optimisation step done by the pack at each `yield`.
-    def _run(self):
-        config = self.config
-        shuffle = torch.Generator().manual_seed(config.seed)
-        self.model.train()
-        for self.epoch in range(config.epochs):
-            for index in batches(self.n, config.batch_size, shuffle):
-                self.loss_value = yield [t[index].to(self.device, non_blocking=True) for t in self.tensors]
-                self.step += 1
-                self.seen += len(index)
-                if self.task.evaluate is not None and config.eval_every and self.step % config.eval_every == 0:
-                    self._eval()
-                if (self.step % config.log_every == 0 or self.step == self.total) and self._report():
-                    self.stopped = True
-                if self.stopped or self.step >= self.total:
-                    break
-            if self.stopped:
-                break
-            if self.task.evaluate is not None and not config.eval_every:
-                self._eval()
-            if self.step >= self.total:
-                break
-        if self.task.evaluate is not None and not self.history:
-            self._eval()
-        if self.best_state is not None:
-            with torch.no_grad():
-                for p, saved in zip(self.params, self.best_state):
-                    p.copy_(saved)
-        seconds = time.perf_counter() - self.start
-        self.model.eval()
-        self._report(done=True)
-        return TrainResult(self.step, self.loss_value, self.best, seconds, self.seen / max(seconds, 1e-9),
-                           self.stopped, self.history)
-
-    def _eval(self) -> None:
-        self.model.eval()
-        with torch.no_grad():
-            self.metric = float(self.task.evaluate())
-        self.model.train()
-        self.history.append({"step": self.step, "epoch": self.epoch, "loss": self.loss_value, "metric": self.metric})
-        if self.best is None or self.metric > self.best:
-            self.best = self.metric
-            if self.config.keep_best:
-                self.best_state = [p.detach().clone() for p in self.params]
-
-    def _report(self, done: bool = False) -> bool:
-        if self.task.on_progress is None:
-            return False
-        rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
-        return bool(self.task.on_progress(Progress(self.step, self.total, self.epoch, self.loss_value, rate,
-                                                   self.metric, done)))
+        self._loop = training_steps(self.model, self.params, task.arrays, self.config, device, task.evaluate,
+                                    task.on_progress, start=start)
 
     def advance(self, loss_value: float | None) -> None:
         """Finish the last step (None: start) and fetch the next batch, or leave the pack."""

@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Generator
 
 import numpy as np
 import torch
@@ -113,22 +113,56 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
     loss_fn = loss_fn or module
     device = device or pick_device()
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    params = trainable_parameters(module)
+    optimizer = optimizer or make_optimizer(params, config)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
+    run = training_steps(module, params, arrays, config, device, evaluate, on_progress, start_step, on_epoch_end)
+    try:
+        batch = next(run)
+        while True:
+            with autocast:
+                loss = loss_fn(*batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            batch = run.send(loss.item())
+    except StopIteration as end:
+        return end.value
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: the module has no trainable parameters")
-    optimizer = optimizer or make_optimizer(params, config)
+    return params
+
+
+def training_steps(module: nn.Module, params: list[nn.Parameter], arrays: tuple[np.ndarray, ...],
+                   config: TrainConfig, device: torch.device,
+                   evaluate: Callable[[], float] | None = None,
+                   on_progress: Callable[[Progress], bool | None] | None = None, start_step: int = 0,
+                   on_epoch_end: Callable[[Progress], bool | None] | None = None,
+                   start: float | None = None) -> Generator[list[torch.Tensor], float, TrainResult]:
+    """Everything of a training run but the optimisation step, driven step by step: yields each batch
+    (tensors on `device`), takes the step's loss value back by `send`, and returns the TrainResult.
+
+    Epochs of batches shuffled by a generator seeded with config.seed, max_steps, evaluation and
+    keep-best, progress reports and stop requests, resume by `start_step`. `train` drives one run;
+    peterrec.fused drives several at once, one fused optimisation step for all of them.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
     tensors = [torch.as_tensor(a) for a in arrays]
     n = len(tensors[0])
     total = config.total_steps(n)
     per_epoch = math.ceil(n / config.batch_size)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
 
     step, loss_value, best, best_state, metric = start_step, float("nan"), None, None, None
     skip = start_step  # batches a resumed run already trained: their shuffles are drawn, nothing else
-    history, stopped, seen = [], False, 0
-    start = time.perf_counter()
+    history, stopped, seen, epoch = [], False, 0, 0
+    start = time.perf_counter() if start is None else start
 
     def run_eval(epoch: int):
         nonlocal best, best_state, metric
@@ -159,17 +193,9 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
             if skip:
                 skip -= 1
                 continue
-            batch = [t[index].to(device, non_blocking=True) for t in tensors]
-            with autocast:
-                loss = loss_fn(*batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
+            loss_value = yield [t[index].to(device, non_blocking=True) for t in tensors]
             step += 1
             seen += len(index)
-            loss_value = loss.item()
             if evaluate is not None and config.eval_every and step % config.eval_every == 0:
                 run_eval(epoch)
             if (step % config.log_every == 0 or step == total) and report(epoch):

@@ -186,7 +186,6 @@ def test_client_attaches_cancels_and_stops_a_running_job(world, ray_cluster, tmp
     a, b, c = task_names(spec)[:3]
     plan = plan_job(spec, backbone_dir, out, settings_from(args), [f"{a},{b},{c}"])
     job = FinetuneJob(plan, JobOptions(cpus_per_task=1, max_concurrent=2, retries=0))
-    finished = {}
     runner = threading.Thread(target=job.run)
     runner.start()
     try:
