@@ -209,16 +209,17 @@ def in_process_units(args, plan, backbone, console) -> list[list[str]]:
     from peterrec.finetune import measure_pack_size
 
     names = [t.name for t in plan.todo]
+    steps = training_steps(names, plan.task_settings, plan.task_data)
     k = args.pack
     if k == "auto":
-        candidates = packable_names(names, plan.task_settings)[:16]
-        k = 1
+        packable = packable_names(names, plan.task_settings)
+        candidates, k = packable[:16], 1
         if len(candidates) > 1:
             choice = measure_pack_size(backbone, [(plan.spec(n), plan.task_data[n], plan.task_settings[n])
-                                                  for n in candidates], plan.sequences)
+                                                  for n in candidates], plan.sequences,
+                                       work_steps=sum(steps[n] for n in packable))
             k = choice.k
             console.print(f"--pack auto: {choice.reason}")
-    steps = training_steps(names, plan.task_settings, plan.task_data)
     return [unit.names for unit in plan_units(names, plan.task_settings, steps, k, slots=1, retries=0)]
 
 

@@ -174,14 +174,16 @@ class FinetuneJob:
             slots = min(slots, options.max_concurrent)
         k = options.pack
         if k == "auto":
-            k = self._measure_pack(refs, packable_names(self.todo, settings), slots)
+            packable = packable_names(self.todo, settings)
+            k = self._measure_pack(refs, packable, slots, sum(steps[n] for n in packable) // max(1, slots))
         units = plan_units(self.todo, settings, steps, k, max(1, slots), options.retries)
         self.state.resources["pack_size"] = max(len(u.names) for u in units)
         return units
 
-    def _measure_pack(self, refs, candidates: list[str], slots: int) -> int:
+    def _measure_pack(self, refs, candidates: list[str], slots: int, work_steps: int) -> int:
         """--pack auto: the K that choose_pack_size measures on a worker holding a task's resources
-        (no more than the tasks each slot would get, since packs never leave slots idle)."""
+        (no more than the tasks each slot would get, since packs never leave slots idle), for at most
+        a small share of the job's estimated time (work_steps: task-steps per slot)."""
         candidates = candidates[:max(1, min(16, -(-len(candidates) // max(1, slots))))]
         if len(candidates) < 2:
             self.state.resources["pack_reason"] = "fewer than two packable tasks per worker"
@@ -191,7 +193,7 @@ class FinetuneJob:
         choice = ray.get(measure.remote(refs, [plan.spec(n) for n in candidates],
                                         [plan.task_data[n] for n in candidates],
                                         [plan.task_settings[n] for n in candidates],
-                                        options.cpus_per_task, options.gpus_per_task))
+                                        options.cpus_per_task, options.gpus_per_task, work_steps))
         self.state.resources["pack_reason"] = choice["reason"]
         self.state.resources["pack_measured"] = choice["samples_per_s"]
         self._timing("pack_measured")

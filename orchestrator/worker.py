@@ -127,7 +127,7 @@ def _pack_result(hub, name: str, attempt: int, outcome, seconds: float) -> dict:
 
 
 def measure_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings: list[FinetuneSettings],
-                 cpus: float, gpus: float = 0.0) -> dict:
+                 cpus: float, gpus: float = 0.0, work_steps: int | None = None) -> dict:
     """The pack size for `--pack auto`, measured with this worker's threads and device:
     {"k", "reason", "samples_per_s"}."""
     from peterrec.finetune import measure_pack_size
@@ -135,7 +135,7 @@ def measure_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings:
     torch.set_num_threads(max(1, int(cpus)))
     device = torch.device("cuda" if gpus > 0 else "cpu")
     choice = measure_pack_size(shared_backbone(refs, device), list(zip(task_specs, task_datas, settings)),
-                               shared_sequences(refs))
+                               shared_sequences(refs), work_steps=work_steps)
     return {"k": choice.k, "reason": choice.reason,
             "samples_per_s": {str(k): round(v, 1) for k, v in choice.samples_per_s.items()}}
 

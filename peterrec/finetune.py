@@ -205,13 +205,15 @@ def finetune_pack(backbone: Backbone, members: list[tuple], sequences, device: t
         yield trained.name, outcome
 
 
-def measure_pack_size(backbone: Backbone, members: list[tuple], sequences, budget_s: float = 4.0):
+def measure_pack_size(backbone: Backbone, members: list[tuple], sequences, budget_s: float = 4.0,
+                      work_steps: int | None = None):
     """`--pack auto`: peterrec.fused.choose_pack_size over throwaway models of these tasks
-    ((task_spec, task_data, settings) each, packable), on the backbone's device and this thread count."""
+    ((task_spec, task_data, settings) each, packable), on the backbone's device and this thread count;
+    work_steps: the task-steps the job will run per worker (a short job measures for less time)."""
     from peterrec.fused import PackTask, choose_pack_size
 
     tasks = []
     for spec, data, settings in members:
         t = prepare_task(backbone, spec, data, sequences, settings)
         tasks.append(PackTask(spec.name, t.model, t.arrays, t.settings.train))
-    return choose_pack_size(backbone, tasks, max_k=len(tasks), budget_s=budget_s)
+    return choose_pack_size(backbone, tasks, max_k=len(tasks), budget_s=budget_s, work_steps=work_steps)

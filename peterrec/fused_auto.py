@@ -25,6 +25,7 @@ from peterrec.modes import TaskModel
 from peterrec.training import make_optimizer
 
 SINGLE_STEPS = 4  # unpacked steps per measurement round (the tasks in turn); a pack K takes one step
+MIN_BUDGET_S = 0.5  # the least time measuring takes when a short job shrinks the budget
 SAVED_PER_BLOCK = 16  # (B, L, C)-sized tensors autograd keeps per residual block (estimate)
 
 
@@ -106,7 +107,7 @@ def _timed(fn) -> float:
 
 def choose_pack_size(backbone: Backbone, candidate_tasks: Sequence[PackTask], max_k: int = 16,
                      budget_s: float = 4.0, min_gain: float = 1.1, memory_limit: int | None = None,
-                     strategy: str = "auto") -> PackChoice:
+                     strategy: str = "auto", work_steps: int | None = None, share: float = 0.05) -> PackChoice:
     """The pack size with the highest measured training throughput (samples/s) for these tasks.
 
     K runs over 1, 2, 4, 8, 16 (capped by max_k and the number of candidates, which is tried too).
@@ -114,7 +115,9 @@ def choose_pack_size(backbone: Backbone, candidate_tasks: Sequence[PackTask], ma
     packed step per K, a few unpacked steps for K=1), and each K keeps its best round. Where
     rounds would not fit the time budget the largest sizes are left out (a size that does not pay
     at K=4 will not at 16). A K whose step memory exceeds memory_limit (default: 80% of free GPU
-    memory, half of free RAM) is left out too.
+    memory, half of free RAM) is left out too. With `work_steps` (the unpacked task-steps the job
+    will run on this worker) the budget shrinks to `share` of their estimated time, at least 0.5 s:
+    measuring never costs a short job much of what packing could save it.
     """
     check_packable([t.model for t in candidate_tasks])
     n = min(max_k, len(candidate_tasks))
@@ -135,6 +138,8 @@ def choose_pack_size(backbone: Backbone, candidate_tasks: Sequence[PackTask], ma
     # Warm-up (first calls pay for allocation) and the cost of one task-batch, unpacked.
     run(1)
     batch_s = min(_timed(lambda: run(1)) for _ in range(2))
+    if work_steps:
+        budget_s = min(budget_s, max(MIN_BUDGET_S, share * batch_s * work_steps))
     # Sizes whose memory fits, and as many as fit their warm-up and two measurement rounds.
     usable = [1]
     for k in sizes[1:]:
