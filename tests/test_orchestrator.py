@@ -173,21 +173,28 @@ def test_failing_task_is_retried_then_recorded_without_stopping_others(world, ra
     assert {n: after[n] for n in before} == before
 
 
-def test_client_attaches_cancels_and_stops_a_running_job(world, ray_cluster, tmp_path):
-    """A client without the job object (as in another process) reads state.json and sends commands."""
+def start_endless_job(world, out: Path, **options):
+    """(job, the thread running it, its three task names): a job of three tasks that train until stopped."""
     from commands.finetune import settings_from
-    from orchestrator.client import JobClient
     from orchestrator.job import FinetuneJob, JobOptions
     from orchestrator.plan import plan_job
 
     spec, backbone_dir = world
-    out = tmp_path / "job"
     args = cli.build_parser().parse_args(finetune_args(spec, backbone_dir, out, steps=100_000) + ["--epochs", "10000"])
-    a, b, c = task_names(spec)[:3]
-    plan = plan_job(spec, backbone_dir, out, settings_from(args), [f"{a},{b},{c}"])
-    job = FinetuneJob(plan, JobOptions(cpus_per_task=1, max_concurrent=2, retries=0))
+    names = task_names(spec)[:3]
+    plan = plan_job(spec, backbone_dir, out, settings_from(args), [",".join(names)])
+    job = FinetuneJob(plan, JobOptions(cpus_per_task=1, retries=0, **options))
     runner = threading.Thread(target=job.run)
     runner.start()
+    return job, runner, names
+
+
+def test_client_attaches_cancels_and_stops_a_running_job(world, ray_cluster, tmp_path):
+    """A client without the job object (as in another process) reads state.json and sends commands."""
+    from orchestrator.client import JobClient
+
+    out = tmp_path / "job"
+    job, runner, (a, b, c) = start_endless_job(world, out, max_concurrent=2)
     try:
         wait_for(lambda: (out / "state.json").exists())
         client = JobClient.attach(out)
@@ -317,19 +324,10 @@ def test_task_failing_in_a_pack_runs_again_alone(world, ray_cluster, tmp_path, m
 
 
 def test_cancelling_one_task_of_a_running_pack_leaves_the_others_training(world, ray_cluster, tmp_path):
-    from commands.finetune import settings_from
     from orchestrator.client import JobClient
-    from orchestrator.job import FinetuneJob, JobOptions
-    from orchestrator.plan import plan_job
 
-    spec, backbone_dir = world
     out = tmp_path / "job"
-    args = cli.build_parser().parse_args(finetune_args(spec, backbone_dir, out, steps=100_000) + ["--epochs", "10000"])
-    a, b, c = task_names(spec)[:3]
-    plan = plan_job(spec, backbone_dir, out, settings_from(args), [f"{a},{b},{c}"])
-    job = FinetuneJob(plan, JobOptions(cpus_per_task=1, max_concurrent=1, retries=0, pack=3))
-    runner = threading.Thread(target=job.run)
-    runner.start()
+    job, runner, (a, b, c) = start_endless_job(world, out, max_concurrent=1, pack=3)
     try:
         client = JobClient(out, job)
         wait_for(lambda: all(t.step > 0 for t in client.state().tasks.values()))
