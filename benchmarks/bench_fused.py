@@ -107,7 +107,8 @@ def setting(channels: int, k: int, batch: int, steps: int, rounds: int, device, 
             ratios[name].append(rates[name] / rates["one"])
     rate = {name: totals[name][0] / totals[name][1] for name in sides}
     print(f"C={channels:<4d} batch={batch:<3d} K={k} ({rounds} rounds x {steps} steps/task): "
-          f"one-by-one {rate['one']:7.1f}  packed {rate['pack']:7.1f} samples/s  ratio {rate['pack'] / rate['one']:4.2f}x "
+          f"one-by-one {rate['one']:7.1f}  packed {rate['pack']:7.1f} samples/s  "
+          f"ratio {rate['pack'] / rate['one']:4.2f}x "
           f"(median of rounds {statistics.median(ratios['pack']):4.2f}x, "
           f"range {min(ratios['pack']):4.2f}-{max(ratios['pack']):4.2f})", flush=True)
     measured = ", ".join(f"K={n}: {v:.0f}" for n, v in choice.samples_per_s.items())

@@ -74,7 +74,8 @@ def run(args) -> int:
     from tui.launch import LaunchSettings
 
     defaults = LaunchSettings(backbone=args.backbone or "", spec=args.tasks or "", out=args.out or "",
-                              mode=args.mode, workers=str(args.max_concurrent), pack=args.pack, cpus=f"{args.cpus_per_task:g}",
+                              mode=args.mode, workers=str(args.max_concurrent), pack=args.pack,
+                              cpus=f"{args.cpus_per_task:g}",
                               gpus=f"{args.gpus_per_task:g}", address=args.address or "", epochs=str(args.epochs),
                               max_steps="" if args.max_steps is None else str(args.max_steps),
                               batch_size=str(args.batch_size), lr=f"{args.lr:g}", num_cpus=args.num_cpus,

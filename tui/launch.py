@@ -79,7 +79,8 @@ def finetune_argv(s: LaunchSettings) -> list[str]:
     lr = _number(float, "lr", "learning rate", s.lr, 1e-12)
     argv = ["finetune", "--backbone", s.backbone.strip(), "--tasks", s.spec.strip(), "--out", s.out.strip(),
             "--mode", s.mode, "--max-concurrent", str(workers), "--cpus-per-task", f"{cpus:g}",
-            "--gpus-per-task", f"{gpus:g}", "--pack", str(pack), "--epochs", str(epochs), "--batch-size", str(batch), "--lr", f"{lr:g}"]
+            "--gpus-per-task", f"{gpus:g}", "--pack", str(pack), "--epochs", str(epochs), "--batch-size", str(batch),
+            "--lr", f"{lr:g}"]
     if max_steps is not None:
         argv += ["--max-steps", str(max_steps)]
     if s.address.strip() and s.address.strip() != "local":

@@ -64,7 +64,9 @@ class LauncherScreen(Screen):
                 yield from self._small("cpus", "CPUs/task", d.cpus)
                 yield from self._small("gpus", "GPU/task", d.gpus)
                 yield from self._small("workers", "workers", d.workers)
-                yield from self._small("pack", "pack", d.pack)
+            with Horizontal(classes="row"):
+                yield Label("packing", classes="label")
+                yield from self._small("pack", "tasks per worker", d.pack)
             with Horizontal(classes="row"):
                 yield Label("training", classes="label")
                 yield from self._small("epochs", "epochs", d.epochs)
@@ -73,8 +75,10 @@ class LauncherScreen(Screen):
                 yield from self._small("lr", "lr", d.lr)
             yield from self._row("address", "cluster", d.address, "local (an embedded Ray on this machine), "
                                  "or HEAD_IP:6379")
-            yield Static("workers: tasks at once (0: as many as the cluster fits)   pack: tasks trained together "
-                         "per worker (a number or auto)   GPU/task: a fraction shares a GPU   right arrow: accept a path completion   ctrl+o: browse   ctrl+q: quit",
+            yield Static("workers: tasks at once (0: as many as the cluster fits)   packing: tasks trained "
+                         "together per worker, in one fused pass (a number, or auto to measure)   GPU/task: a "
+                         "fraction shares a GPU   right arrow: accept a path completion   ctrl+o: browse   "
+                         "ctrl+q: quit",
                          classes="hint")
         yield Static(id="budget")
         yield Static(id="command")
