@@ -189,7 +189,7 @@ def finetune_in_process(args, plan) -> int:
                                                          bar))]
                 except (ValueError, RuntimeError) as e:
                     outcomes = [(names[0], e)]
-            for name, outcome in outcomes:  # each written as soon as it leaves its pack
+            for name, outcome in guarded(outcomes, names):  # each written as soon as it leaves its pack
                 spec, settings, seconds = plan.spec(name), plan.task_settings[name], time.perf_counter() - start
                 if isinstance(outcome, BaseException):
                     outputs.failed(spec, settings.mode, f"{type(outcome).__name__}: {outcome}", seconds, attempts=1)
@@ -201,6 +201,19 @@ def finetune_in_process(args, plan) -> int:
     print_results(console, [rows[t.name] for t in plan.tasks if t.name in rows])
     console.print(f"results: {plan.job_dir / 'results.parquet'}   bundle: {plan.job_dir / 'bundle'}")
     return 0 if all(rows.get(t.name, {}).get("status") == "done" for t in plan.tasks) else 1
+
+
+def guarded(outcomes, names: list[str]):
+    """A pack's (name, outcome) pairs; an error of the whole pack (e.g. out of memory) becomes the outcome
+    of each task it had not yielded yet."""
+    left = list(names)
+    try:
+        for name, outcome in outcomes:
+            left.remove(name)
+            yield name, outcome
+    except (ValueError, RuntimeError) as e:
+        for name in left:
+            yield name, e
 
 
 def in_process_units(args, plan, backbone, console) -> list[list[str]]:

@@ -24,11 +24,12 @@ import ray
 from orchestrator import state as st
 from orchestrator.cluster import connect
 from orchestrator.hub import start_hub
-from orchestrator.packing import Unit, packable_names, parse_pack, plan_units, training_steps
+from orchestrator.packing import (Unit, measure_on_worker, packable_names, parse_pack, plan_units, training_steps,
+                                  worker_slots)
 from orchestrator.plan import JobPlan
 from orchestrator.shared import share
 from orchestrator.state import JobState, TaskState
-from orchestrator.worker import error_text, measure_pack, run_pack, run_task
+from orchestrator.worker import error_text, run_pack, run_task
 
 TICK_S = 0.25  # the driver's loop: results, commands, display
 PERSIST_S = 0.5  # state.json at most this often
@@ -167,37 +168,17 @@ class FinetuneJob:
         options, plan = self.options, self.plan
         settings = plan.task_settings
         steps = training_steps(self.todo, settings, plan.task_data)
-        slots = int(cluster["cpus"] // options.cpus_per_task) if options.cpus_per_task else len(self.todo)
-        if options.gpus_per_task:
-            slots = min(slots, int(cluster["gpus"] // options.gpus_per_task))
-        if options.max_concurrent:
-            slots = min(slots, options.max_concurrent)
+        slots = worker_slots(cluster, options.cpus_per_task, options.gpus_per_task, options.max_concurrent)
         k = options.pack
         if k == "auto":
-            packable = packable_names(self.todo, settings)
-            k = self._measure_pack(refs, packable, slots, sum(steps[n] for n in packable) // max(1, slots))
-        units = plan_units(self.todo, settings, steps, k, max(1, slots), options.retries)
+            choice = measure_on_worker(refs, plan, packable_names(self.todo, settings), steps, slots,
+                                       options.cpus_per_task, options.gpus_per_task)
+            k = choice["k"]
+            self.state.resources.update(pack_reason=choice["reason"], pack_measured=choice["samples_per_s"])
+            self._timing("pack_measured")
+        units = plan_units(self.todo, settings, steps, k, slots, options.retries)
         self.state.resources["pack_size"] = max(len(u.names) for u in units)
         return units
-
-    def _measure_pack(self, refs, candidates: list[str], slots: int, work_steps: int) -> int:
-        """--pack auto: the K that choose_pack_size measures on a worker holding a task's resources
-        (no more than the tasks each slot would get, since packs never leave slots idle), for at most
-        a small share of the job's estimated time (work_steps: task-steps per slot)."""
-        candidates = candidates[:max(1, min(16, -(-len(candidates) // max(1, slots))))]
-        if len(candidates) < 2:
-            self.state.resources["pack_reason"] = "fewer than two packable tasks per worker"
-            return 1
-        options, plan = self.options, self.plan
-        measure = ray.remote(measure_pack).options(num_cpus=options.cpus_per_task, num_gpus=options.gpus_per_task)
-        choice = ray.get(measure.remote(refs, [plan.spec(n) for n in candidates],
-                                        [plan.task_data[n] for n in candidates],
-                                        [plan.task_settings[n] for n in candidates],
-                                        options.cpus_per_task, options.gpus_per_task, work_steps))
-        self.state.resources["pack_reason"] = choice["reason"]
-        self.state.resources["pack_measured"] = choice["samples_per_s"]
-        self._timing("pack_measured")
-        return choice["k"]
 
     def _drive(self, refs, hub, units: list[Unit], on_tick) -> None:
         options, plan = self.options, self.plan

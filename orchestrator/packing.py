@@ -48,6 +48,35 @@ def training_steps(names: list[str], settings: dict, task_data: dict) -> dict[st
     return {n: settings[n].train.total_steps(len(task_data[n].part("train")[1])) for n in names}
 
 
+def worker_slots(cluster: dict, cpus_per_task: float, gpus_per_task: float, max_concurrent: int) -> int:
+    """How many workers (lone tasks or packs) the cluster runs at once."""
+    slots = int(cluster["cpus"] // cpus_per_task)
+    if gpus_per_task:
+        slots = min(slots, int(cluster["gpus"] // gpus_per_task))
+    if max_concurrent:
+        slots = min(slots, max_concurrent)
+    return max(1, slots)
+
+
+def measure_on_worker(refs, plan, packable: list[str], steps: dict[str, int], slots: int, cpus: float,
+                      gpus: float) -> dict:
+    """--pack auto on a cluster: {"k", "reason", "samples_per_s"} from orchestrator.worker.measure_pack,
+    run on a worker holding a task's resources, over up to 16 of the packable tasks (no more than each
+    slot will get, since packs never leave slots idle), for a small share of the time the job's
+    packable tasks will train per slot."""
+    import ray
+
+    from orchestrator.worker import measure_pack
+
+    candidates = packable[:max(1, min(16, math.ceil(len(packable) / slots)))]
+    if len(candidates) < 2:
+        return {"k": 1, "reason": "fewer than two packable tasks per worker", "samples_per_s": {}}
+    work_steps = sum(steps[n] for n in packable) // slots
+    measure = ray.remote(measure_pack).options(num_cpus=cpus, num_gpus=gpus)
+    return ray.get(measure.remote(refs, [plan.spec(n) for n in candidates], [plan.task_data[n] for n in candidates],
+                                  [plan.task_settings[n] for n in candidates], cpus, gpus, work_steps))
+
+
 def plan_units(names: list[str], settings: dict, steps: dict[str, int], k: int, slots: int,
                retries: int) -> list[Unit]:
     """Submission units, in the order to run them.

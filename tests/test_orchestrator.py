@@ -307,6 +307,20 @@ def test_packed_job_trains_like_tasks_alone(world, ray_cluster, tmp_path):
             torch.testing.assert_close(packed[key], alone[key], atol=1e-5, rtol=1e-4)
 
 
+def test_pack_auto_measures_on_a_worker_then_trains_every_task(world, ray_cluster, tmp_path):
+    from orchestrator.client import JobClient
+
+    spec, backbone_dir = world
+    out = tmp_path / "job"
+    assert cli.main(finetune_args(spec, backbone_dir, out, "--pack", "auto", "--batch-size", 4)) == 0
+    state = JobClient.attach(out).state()
+    resources = state.resources
+    assert resources["pack"] == "auto" and resources["pack_reason"].startswith(f"K={resources['pack_size']}")
+    assert "1" in resources["pack_measured"] and "pack_measured" in state.timings  # K=1 is always measured
+    assert {t.pack for t in state.tasks.values()} <= {1, resources["pack_size"], resources["pack_size"] - 1}
+    assert all(r["status"] == "done" for r in read_results(out))
+
+
 def test_task_failing_in_a_pack_runs_again_alone(world, ray_cluster, tmp_path, monkeypatch):
     spec, backbone_dir = world
     out = tmp_path / "job"
