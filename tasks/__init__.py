@@ -10,7 +10,7 @@ from tasks.job import load_job
 from tasks.sequences import Sequences, read_sequences, write_sequences
 from tasks.spec import JobSpec, TaskSpec, load_spec, write_spec
 from tasks.summary import print_summary, summary
-from tasks.taskdata import TaskData, read_task, write_task
+from tasks.taskdata import TaskData, read_task, read_tasks, write_task
 from tasks.vocab import read_item_vocab, read_target_vocab
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "read_sequences",
     "read_target_vocab",
     "read_task",
+    "read_tasks",
     "summary",
     "write_dataset",
     "write_sequences",

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from tasks.sequences import Sequences, read_sequences
 from tasks.spec import JobSpec, load_spec
-from tasks.taskdata import TaskData, read_task
+from tasks.taskdata import TaskData, read_tasks
 
 
 def load_job(spec_path: str | Path) -> tuple[JobSpec, Sequences, dict[str, TaskData]]:
     """Read the spec, its sequences and every task table, validating all of them (DataError on the first problem)."""
     job = load_spec(spec_path)
     sequences = read_sequences(job.sequences, job.vocab_size)
-    return job, sequences, {task.name: read_task(task, sequences) for task in job.tasks}
+    return job, sequences, read_tasks(list(job.tasks), sequences)

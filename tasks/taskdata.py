@@ -45,6 +45,24 @@ def read_task(spec: TaskSpec, sequences: Sequences) -> TaskData:
     sequences, and that all rows of one user share a split; a coldrec task's target vocabulary
     file, when present, must hold exactly target_vocab ids.
     """
+    return read_tasks([spec], sequences)[spec.name]
+
+
+def read_tasks(specs: list[TaskSpec], sequences: Sequences) -> dict[str, TaskData]:
+    """read_task for every task of a job, with one user lookup for all of them."""
+    tables = [_read_table(spec) for spec in specs]
+    rows_per_task = sequences.rows_of([(user_ids, spec.data) for spec, (user_ids, _, _) in zip(specs, tables)])
+    out = {}
+    for spec, (_, labels, split), rows in zip(specs, tables, rows_per_task):
+        _check_one_split_per_user(spec.data, rows, split)
+        if spec.kind == "coldrec" and spec.target_items.exists():
+            read_target_vocab(spec.target_items, spec.target_vocab)
+        out[spec.name] = TaskData(spec=spec, rows=rows, labels=labels, split=split)
+    return out
+
+
+def _read_table(spec: TaskSpec) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(user ids, labels, split codes) of a task table, its splits and labels checked."""
     path = spec.data
     table = read_table(path, schema.TASK)
     split_column = table.column("split").combine_chunks()
@@ -57,11 +75,7 @@ def read_task(spec: TaskSpec, sequences: Sequences) -> TaskData:
     labels = table.column("label").to_numpy().astype(np.int64)
     size = "num_classes" if spec.kind == "classify" else "target_vocab"
     check_range(labels, 0, spec.num_outputs - 1, path, "label", f"{size} = {spec.num_outputs}")
-    rows = sequences.row_of(table.column("user_id").combine_chunks(), path=path)
-    _check_one_split_per_user(path, rows, split)
-    if spec.kind == "coldrec" and spec.target_items.exists():
-        read_target_vocab(spec.target_items, spec.target_vocab)
-    return TaskData(spec=spec, rows=rows, labels=labels, split=split)
+    return table.column("user_id").combine_chunks(), labels, split
 
 
 def write_task(path: str | Path, user_ids, labels, split_codes) -> None:

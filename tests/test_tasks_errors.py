@@ -70,6 +70,9 @@ CASES = [
      ["sequences.parquet", "row 0", "field 'items'", "type string, expected list<item: int32"]),
     ("unknown user in a task", BINARY, set_value("user_id", 9, "nobody"),
      ["t000_binary.parquet", "row 9", "field 'user_id'", "unknown user 'nobody'"]),
+    # Users of all tasks are looked up at once: the error still names the task's own file and row.
+    ("unknown user in a later task", COLDREC, set_value("user_id", 5, "nobody"),
+     ["t003_coldrec.parquet", "row 5", "field 'user_id'", "unknown user 'nobody'"]),
     ("label out of range", BINARY, set_value("label", 17, 9),
      ["t000_binary.parquet", "row 17", "field 'label'", "9 is outside 0..1 (num_classes = 2)"]),
     ("negative label", BINARY, set_value("label", 1, -1),
