@@ -218,11 +218,11 @@ def guarded(outcomes, names: list[str]):
 
 def in_process_units(args, plan, backbone, console) -> list[list[str]]:
     """The tasks, alone or in packs (--pack), in the order to train them in this process."""
-    from orchestrator.packing import packable_names, plan_units, training_steps
+    from orchestrator.packing import packable_names, plan_units, steps_per_task
     from peterrec.finetune import measure_pack_size
 
     names = [t.name for t in plan.todo]
-    steps = training_steps(names, plan.task_settings, plan.task_data)
+    steps = steps_per_task(names, plan.task_settings, plan.task_data)
     k = args.pack
     if k == "auto":
         packable = packable_names(names, plan.task_settings)

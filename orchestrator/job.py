@@ -24,7 +24,7 @@ import ray
 from orchestrator import state as st
 from orchestrator.cluster import connect
 from orchestrator.hub import start_hub
-from orchestrator.packing import (Unit, measure_on_worker, packable_names, parse_pack, plan_units, training_steps,
+from orchestrator.packing import (Unit, measure_on_worker, packable_names, parse_pack, plan_units, steps_per_task,
                                   worker_slots)
 from orchestrator.plan import JobPlan
 from orchestrator.shared import share
@@ -167,7 +167,7 @@ class FinetuneJob:
         """The job's Ray tasks: lone tasks, or packs of a size given or measured (--pack auto)."""
         options, plan = self.options, self.plan
         settings = plan.task_settings
-        steps = training_steps(self.todo, settings, plan.task_data)
+        steps = steps_per_task(self.todo, settings, plan.task_data)
         slots = worker_slots(cluster, options.cpus_per_task, options.gpus_per_task, options.max_concurrent)
         k = options.pack
         if k == "auto":

@@ -43,7 +43,7 @@ def packable_names(names: list[str], settings: dict) -> list[str]:
     return [n for n in names if packable(settings[n])]
 
 
-def training_steps(names: list[str], settings: dict, task_data: dict) -> dict[str, int]:
+def steps_per_task(names: list[str], settings: dict, task_data: dict) -> dict[str, int]:
     """Each task's optimiser steps, from its train split and its TrainConfig."""
     return {n: settings[n].train.total_steps(len(task_data[n].part("train")[1])) for n in names}
 
