@@ -58,6 +58,17 @@ def bundle_hashes(job_dir: Path) -> dict[str, str]:
     return out
 
 
+def assert_same_weights(job_a: Path, job_b: Path, names: list[str]) -> None:
+    """The two jobs' bundles hold the same trained tensors for these tasks (up to float reassociation)."""
+    from safetensors.torch import load_file
+
+    for name in names:
+        a, b = (load_file(str(job / "bundle" / "tasks" / name / "adapter_model.safetensors")) for job in (job_a, job_b))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
 def wait_for(condition, timeout: float = 60.0, poll: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -111,19 +122,12 @@ def test_finetune_runs_every_task_on_ray(world, ray_cluster, tmp_path, capsys):
 
 def test_ray_trains_like_the_in_process_loop(world, ray_cluster, tmp_path):
     """The worker path (shared zero-copy backbone, 1 thread) gives the in-process path's weights."""
-    from safetensors.torch import load_file
-
     spec, backbone_dir = world
     names = [task_names(spec)[0], next(n for n in task_names(spec) if "coldrec" in n)]
     only = ["--only", ",".join(names)]
     assert cli.main(finetune_args(spec, backbone_dir, tmp_path / "ray", *only)) == 0
     assert cli.main(finetune_args(spec, backbone_dir, tmp_path / "local", *only, "--in-process")) == 0
-    for name in names:
-        ray_state, local_state = (load_file(str(tmp_path / job / "bundle" / "tasks" / name /
-                                                 "adapter_model.safetensors")) for job in ("ray", "local"))
-        assert ray_state.keys() == local_state.keys()
-        for key in ray_state:
-            torch.testing.assert_close(ray_state[key], local_state[key], atol=1e-5, rtol=1e-4)
+    assert_same_weights(tmp_path / "ray", tmp_path / "local", names)
 
 
 def test_resume_runs_only_unfinished_tasks_and_keeps_bundles(world, ray_cluster, tmp_path):
@@ -284,8 +288,6 @@ def test_backbone_is_read_zero_copy_in_workers(world, ray_cluster):
 
 def test_packed_job_trains_like_tasks_alone(world, ray_cluster, tmp_path):
     """--pack: tasks trained in fused packs on Ray end with the weights each gets alone in process."""
-    from safetensors.torch import load_file
-
     from orchestrator.client import JobClient
 
     spec, backbone_dir = world
@@ -299,12 +301,7 @@ def test_packed_job_trains_like_tasks_alone(world, ray_cluster, tmp_path):
     # 5 tasks on 2 slots: two packs (3 + 2), so both CPUs work; each task ran in its pack.
     assert state.resources["pack"] == 3 and state.resources["pack_size"] == 3
     assert sorted(t.pack for t in state.tasks.values()) == [2, 2, 3, 3, 3]
-    for name in names:
-        packed, alone = (load_file(str(tmp_path / job / "bundle" / "tasks" / name / "adapter_model.safetensors"))
-                         for job in ("packed", "alone"))
-        assert packed.keys() == alone.keys()
-        for key in packed:
-            torch.testing.assert_close(packed[key], alone[key], atol=1e-5, rtol=1e-4)
+    assert_same_weights(tmp_path / "packed", tmp_path / "alone", names)
 
 
 def test_pack_auto_measures_on_a_worker_then_trains_every_task(world, ray_cluster, tmp_path):
