@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_orchestrator import bundle_hashes, finetune_args, make_world, task_names, wait_for  # noqa: E402
 
 MB = 1024 * 1024
+# Long enough (seconds per task) that the node is surely removed while its task or pack still trains.
+STEPS = 800
 
 
 def remove_node_scenario(spec: str, backbone: str, out: str, pack: str = "1") -> dict:
@@ -46,14 +48,15 @@ def remove_node_scenario(spec: str, backbone: str, out: str, pack: str = "1") ->
     try:
         import cli
 
-        args = cli.build_parser().parse_args(finetune_args(spec, backbone, out, steps=120) + ["--epochs", "1000"])
+        args = cli.build_parser().parse_args(finetune_args(spec, backbone, out, steps=STEPS) + ["--epochs", "1000"])
         plan = plan_job(spec, backbone, out, settings_from(args))
         job = FinetuneJob(plan, JobOptions(cpus_per_task=1, retries=2, pack=pack))
         removed = {}
 
         def on_tick(state):
-            running = [n for n, t in state.tasks.items() if t.status == "running" and t.step > 0]
-            if not removed and len({state.tasks[n].pid for n in running}) == 2:
+            running = [n for n, t in state.tasks.items() if t.status == "running"]
+            training = {t.pid for t in state.tasks.values() if t.status == "running" and t.step > 0}
+            if not removed and len(training) == 2:  # both nodes' workers are past their first step
                 cluster.remove_node(workers[1])
                 removed.update(running=running, done=[n for n, t in state.tasks.items() if t.status == "done"])
 
@@ -79,7 +82,8 @@ def test_job_survives_removing_a_worker_node(tmp_path, pack):
     report = json.loads(child.stdout.strip().splitlines()[-1])
     names = sorted(task_names(spec))
     assert report["nodes"] == 3 and report["ips"] == ["127.0.0.1"] and report["alive_after"] == 2
-    assert len(report["removed"]["running"]) == 2 * pack, report["removed"]  # removed while both nodes were busy
+    # Removed while both nodes were training: a task (or a pack of `pack` tasks) on each, at least.
+    assert len(report["removed"]["running"]) >= 2 * pack, report["removed"]
     rows = report["rows"]
     assert sorted(r["task"] for r in rows) == names  # every task once: none lost, none duplicated
     assert all(r["status"] == "done" for r in rows), rows
