@@ -111,7 +111,7 @@ def test_driver_killed_then_resumed(tmp_path):
 
     spec, backbone = make_world(tmp_path, tasks=6)
     out = tmp_path / "job"
-    args = finetune_args(spec, backbone, out, "--max-concurrent", 2, steps=60) + ["--epochs", "1000"]
+    args = finetune_args(spec, backbone, out, "--max-concurrent", 2, steps=300) + ["--epochs", "1000"]
     driver = subprocess.Popen([sys.executable, "cli.py", *args], cwd=ROOT, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
