@@ -189,7 +189,7 @@ def finetune_in_process(args, plan) -> int:
                                                          bar))]
                 except (ValueError, RuntimeError) as e:
                     outcomes = [(names[0], e)]
-            for name, outcome in guarded(outcomes, names):  # each written as soon as it leaves its pack
+            for name, outcome in outcomes:  # each written as soon as it leaves its pack
                 spec, settings, seconds = plan.spec(name), plan.task_settings[name], time.perf_counter() - start
                 if isinstance(outcome, BaseException):
                     outputs.failed(spec, settings.mode, f"{type(outcome).__name__}: {outcome}", seconds, attempts=1)
@@ -203,34 +203,20 @@ def finetune_in_process(args, plan) -> int:
     return 0 if all(rows.get(t.name, {}).get("status") == "done" for t in plan.tasks) else 1
 
 
-def guarded(outcomes, names: list[str]):
-    """A pack's (name, outcome) pairs; an error of the whole pack (e.g. out of memory) becomes the outcome
-    of each task it had not yielded yet."""
-    left = list(names)
-    try:
-        for name, outcome in outcomes:
-            left.remove(name)
-            yield name, outcome
-    except (ValueError, RuntimeError) as e:
-        for name in left:
-            yield name, e
-
-
 def in_process_units(args, plan, backbone, console) -> list[list[str]]:
     """The tasks, alone or in packs (--pack), in the order to train them in this process."""
-    from orchestrator.packing import packable_names, plan_units, steps_per_task
+    from orchestrator.packing import auto_candidates, packable_names, plan_units, steps_per_task
     from peterrec.finetune import measure_pack_size
 
     names = [t.name for t in plan.todo]
     steps = steps_per_task(names, plan.task_settings, plan.task_data)
     k = args.pack
     if k == "auto":
-        packable = packable_names(names, plan.task_settings)
-        candidates, k = packable[:16], 1
+        candidates, work_steps = auto_candidates(packable_names(names, plan.task_settings), steps, slots=1)
+        k = 1
         if len(candidates) > 1:
             choice = measure_pack_size(backbone, [(plan.spec(n), plan.task_data[n], plan.task_settings[n])
-                                                  for n in candidates], plan.sequences,
-                                       work_steps=sum(steps[n] for n in packable))
+                                                  for n in candidates], plan.sequences, work_steps=work_steps)
             k = choice.k
             console.print(f"--pack auto: {choice.reason}")
     return [unit.names for unit in plan_units(names, plan.task_settings, steps, k, slots=1, retries=0)]

@@ -4,8 +4,9 @@ One put of the backbone and of the sequences, one progress hub, then tasks submi
 resources (and a concurrency cap, if any) and collected with ray.wait as they finish: each one's
 bundle entry and results row is written at once. Ray retries failed attempts (exceptions and lost
 workers or nodes alike); a task that fails every attempt is recorded `failed` and the others go on.
-With --pack, tasks are submitted in fused packs (packing.py): Ray retries a pack whose worker was
-lost; a task that fails inside a pack runs again on its own, with the attempts it has left.
+With --pack, tasks are submitted in fused packs (packing.py), which Ray does not retry: a task that
+fails inside a pack runs again on its own, and the tasks of a pack whose worker was lost run again
+together, each with the attempts it has left.
 """
 
 from __future__ import annotations
@@ -233,10 +234,8 @@ class FinetuneJob:
             out = {"cancelled": True}
         except ray.exceptions.RayError as e:  # every attempt failed: the task's error or a lost worker/node
             task = self.state.tasks[name]
-            elapsed = time.time() - (task.started_at or time.time())
-            self.plan.outputs.failed(self.plan.spec(name), self.plan.task_settings[name].mode, error_text(e),
-                                     elapsed, max(1, task.attempts))
-            self._finished(hub, name, st.FAILED, error=error_text(e), seconds=elapsed)
+            self._failed(hub, name, error_text(e), time.time() - (task.started_at or time.time()),
+                         max(1, task.attempts))
             return
         self._record(name, out, hub, pending)
 
@@ -264,8 +263,7 @@ class FinetuneJob:
     def _lost_pack(self, unit: Unit, out: dict, hub, pending: deque) -> None:
         """A pack's tasks without a result: run again together while they have attempts left."""
         missing = [n for n in unit.names if n not in unit.reported]
-        again = [n for n in missing
-                 if "error" in out and self.options.retries + 1 - max(1, self.state.tasks[n].attempts) > 0]
+        again = [n for n in missing if "error" in out and self._attempts_left(n) > 0]
         if len(again) > 1 and not self.stopping:
             pending.appendleft(Unit(again, 0))
             missing = [n for n in missing if n not in again]
@@ -279,21 +277,18 @@ class FinetuneJob:
         task = self.state.tasks[name]
         attempts = max(1, task.attempts, out.get("attempt", 0))
         if "error" in out:
-            left = self.options.retries + 1 - attempts
+            left = self._attempts_left(name, out.get("attempt", 0))
             if left > 0 and not self.stopping:
                 pending.appendleft(Unit([name], left - 1))
                 return
-            elapsed = time.time() - (task.started_at or time.time())
-            outputs.failed(spec, settings.mode, out["error"], elapsed, attempts)
-            self._finished(hub, name, st.FAILED, error=out["error"], seconds=elapsed)
+            self._failed(hub, name, out["error"], time.time() - (task.started_at or time.time()), attempts)
             return
         if out.get("cancelled"):
             if self.stopping:  # a stopped job leaves the task to --resume
                 hub.queued.remote([name])
                 task.status = st.QUEUED
             else:
-                outputs.failed(spec, settings.mode, "cancelled", out.get("seconds", 0.0), attempts)
-                self._finished(hub, name, st.FAILED, error="cancelled", seconds=out.get("seconds"))
+                self._failed(hub, name, "cancelled", out.get("seconds"), attempts)
             return
         try:
             row = outputs.done(spec, settings, out["state"], out["summary"], out["seconds"], attempts)
@@ -303,6 +298,16 @@ class FinetuneJob:
             return
         self._finished(hub, name, st.DONE, value=row["value"], seconds=row["seconds"])
         self._timing("first_result", once=True)
+
+    def _attempts_left(self, name: str, attempt: int = 0) -> int:
+        """Attempts a task may still make: --retries + 1 in all, packed or alone."""
+        return self.options.retries + 1 - max(1, self.state.tasks[name].attempts, attempt)
+
+    def _failed(self, hub, name: str, error: str, seconds: float | None, attempts: int) -> None:
+        """Record a task's final failure: its row (seconds 0 when unknown) and its state."""
+        self.plan.outputs.failed(self.plan.spec(name), self.plan.task_settings[name].mode, error,
+                                 0.0 if seconds is None else seconds, attempts)
+        self._finished(hub, name, st.FAILED, error=error, seconds=seconds)
 
     def _finished(self, hub, name: str, status: str, **fields) -> None:
         hub.finished.remote(name, status, **fields)
@@ -330,9 +335,7 @@ class FinetuneJob:
                     unit.names.remove(name)
                     if not unit.names:
                         pending.remove(unit)
-                    spec, mode = self.plan.spec(name), self.plan.task_settings[name].mode
-                    self.plan.outputs.failed(spec, mode, "cancelled", 0.0, self.state.tasks[name].attempts)
-                    self._finished(hub, name, st.FAILED, error="cancelled", seconds=0.0)
+                    self._failed(hub, name, "cancelled", 0.0, self.state.tasks[name].attempts)
                 else:
                     hub.cancel.remote([name])
                     self._cancel_queued({r: u for r, u in in_flight.items() if u.names == [name]})

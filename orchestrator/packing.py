@@ -58,20 +58,25 @@ def worker_slots(cluster: dict, cpus_per_task: float, gpus_per_task: float, max_
     return max(1, slots)
 
 
+def auto_candidates(packable: list[str], steps: dict[str, int], slots: int) -> tuple[list[str], int]:
+    """What --pack auto measures: up to 16 of the packable tasks (no more than each slot will get,
+    since packs never leave slots idle), and the task-steps each slot will train (its time budget
+    is a small share of theirs)."""
+    candidates = packable[:max(1, min(16, math.ceil(len(packable) / slots)))]
+    return candidates, sum(steps[n] for n in packable) // slots
+
+
 def measure_on_worker(refs, plan, packable: list[str], steps: dict[str, int], slots: int, cpus: float,
                       gpus: float) -> dict:
     """--pack auto on a cluster: {"k", "reason", "samples_per_s"} from orchestrator.worker.measure_pack,
-    run on a worker holding a task's resources, over up to 16 of the packable tasks (no more than each
-    slot will get, since packs never leave slots idle), for a small share of the time the job's
-    packable tasks will train per slot."""
+    run on a worker holding a task's resources, over auto_candidates."""
     import ray
 
     from orchestrator.worker import measure_pack
 
-    candidates = packable[:max(1, min(16, math.ceil(len(packable) / slots)))]
+    candidates, work_steps = auto_candidates(packable, steps, slots)
     if len(candidates) < 2:
         return {"k": 1, "reason": "fewer than two packable tasks per worker", "samples_per_s": {}}
-    work_steps = sum(steps[n] for n in packable) // slots
     measure = ray.remote(measure_pack).options(num_cpus=cpus, num_gpus=gpus)
     return ray.get(measure.remote(refs, [plan.spec(n) for n in candidates], [plan.task_data[n] for n in candidates],
                                   [plan.task_settings[n] for n in candidates], cpus, gpus, work_steps))

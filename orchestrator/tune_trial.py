@@ -14,13 +14,12 @@ import os
 from dataclasses import dataclass, replace
 
 import ray
-import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from orchestrator.cluster import node_label
 from orchestrator.shared import SharedRefs, shared_backbone, shared_sequences
-from orchestrator.worker import HubReporter, InjectedFailure, error_text
+from orchestrator.worker import HubReporter, InjectedFailure, error_text, worker_device
 from peterrec.finetune import FinetuneSettings, finetune_task, with_overrides
 from peterrec.training import Progress
 
@@ -73,12 +72,11 @@ def run_trial(config: dict, inputs: TrialInputs) -> None:
     searched = {k: v for k, v in config.items() if k not in META_KEYS}
     spec, data_ref = inputs.tasks[task]
     name = trial_name(task, sample)
-    torch.set_num_threads(max(1, int(inputs.cpus)))  # the trial's CPU share, not the whole machine
+    device = worker_device(inputs.cpus, inputs.gpus)
     attempt, _ = ray.get(inputs.hub.started.remote(name, node_label(), os.getpid()))
     try:
         if attempt <= injected_failures(name):
             raise InjectedFailure(f"injected failure of attempt {attempt} ({FAULTS_ENV})")
-        device = torch.device("cuda" if inputs.gpus > 0 else "cpu")
         backbone = shared_backbone(inputs.shared, device)
         data, sequences = ray.get(data_ref), shared_sequences(inputs.shared)
         overrides = {**spec.overrides, **searched}

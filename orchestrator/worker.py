@@ -62,14 +62,13 @@ def run_task(refs: SharedRefs, task_spec, task_data, settings: FinetuneSettings,
     or {"cancelled": True, ...} when the hub cancelled the task.
     """
     start = time.perf_counter()
-    torch.set_num_threads(max(1, int(cpus)))  # the task's CPU share, not the whole machine
+    device = worker_device(cpus, gpus)
     attempt, cancelled = ray.get(hub.started.remote(task_spec.name, node_label(), os.getpid()))
     if cancelled:
         return {"cancelled": True, "attempt": attempt, "seconds": time.perf_counter() - start}
     try:
         if attempt <= fail_attempts:
             raise InjectedFailure(f"injected failure of attempt {attempt} (PETERREC_FAIL_TASKS)")
-        device = torch.device("cuda" if gpus > 0 else "cpu")
         backbone = shared_backbone(refs, device)
         sequences = shared_sequences(refs)
         reporter = HubReporter(hub, task_spec.name, attempt)
@@ -77,7 +76,19 @@ def run_task(refs: SharedRefs, task_spec, task_data, settings: FinetuneSettings,
     except Exception as e:
         hub.attempt_failed.remote(task_spec.name, attempt, error_text(e))
         raise
-    seconds = time.perf_counter() - start
+    return task_result(outcome, attempt, time.perf_counter() - start)
+
+
+def worker_device(cpus: float, gpus: float) -> torch.device:
+    """The device of a worker holding these resources; torch's threads follow its CPU share, not the
+    whole machine."""
+    torch.set_num_threads(max(1, int(cpus)))
+    return torch.device("cuda" if gpus > 0 else "cpu")
+
+
+def task_result(outcome, attempt: int, seconds: float) -> dict:
+    """What the driver records of a fine-tuned task: its state as numpy and its summary, or that it
+    was cancelled (it stopped early at the hub's word)."""
     if outcome.result.stopped:
         return {"cancelled": True, "attempt": attempt, "seconds": seconds}
     state = {name: t.detach().cpu().numpy() for name, t in outcome.model.task_state_dict().items()}
@@ -93,7 +104,7 @@ def run_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings: lis
     worker ends it early.
     """
     start = time.perf_counter()
-    torch.set_num_threads(max(1, int(cpus)))
+    device = worker_device(cpus, gpus)
     names = [s.name for s in task_specs]
     node, pid = node_label(), os.getpid()
     begun = ray.get([hub.started.remote(name, node, pid, len(names)) for name in names])
@@ -105,25 +116,19 @@ def run_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings: lis
             yield spec.name, {"cancelled": True, "attempt": attempt, "seconds": 0.0}
         else:
             members.append((spec, data, task_settings, HubReporter(hub, spec.name, attempt, attempt <= fails)))
-    left = [spec.name for spec, *_ in members]
     try:
-        device = torch.device("cuda" if gpus > 0 else "cpu")
-        for name, outcome in finetune_pack(shared_backbone(refs, device), members, shared_sequences(refs), device):
-            left.remove(name)
-            yield name, _pack_result(hub, name, attempts[name], outcome, time.perf_counter() - start)
-    except Exception as e:  # noqa: BLE001 - no one task to blame (e.g. out of memory): each runs again alone
-        for name in left:
-            yield name, _pack_result(hub, name, attempts[name], e, time.perf_counter() - start)
-
-
-def _pack_result(hub, name: str, attempt: int, outcome, seconds: float) -> dict:
-    if isinstance(outcome, BaseException):
-        hub.attempt_failed.remote(name, attempt, error_text(outcome))
-        return {"error": error_text(outcome), "attempt": attempt, "seconds": seconds}
-    if outcome.result.stopped:
-        return {"cancelled": True, "attempt": attempt, "seconds": seconds}
-    state = {key: t.detach().cpu().numpy() for key, t in outcome.model.task_state_dict().items()}
-    return {"state": state, "summary": outcome.summary(), "seconds": seconds, "attempt": attempt}
+        backbone, sequences = shared_backbone(refs, device), shared_sequences(refs)
+    except Exception as e:  # noqa: BLE001 - nothing could train here: each task runs again alone
+        outcomes = ((spec.name, e) for spec, *_ in members)
+    else:
+        outcomes = finetune_pack(backbone, members, sequences, device)
+    for name, outcome in outcomes:
+        attempt, seconds = attempts[name], time.perf_counter() - start
+        if isinstance(outcome, BaseException):
+            hub.attempt_failed.remote(name, attempt, error_text(outcome))
+            yield name, {"error": error_text(outcome), "attempt": attempt, "seconds": seconds}
+        else:
+            yield name, task_result(outcome, attempt, seconds)
 
 
 def measure_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings: list[FinetuneSettings],
@@ -132,8 +137,7 @@ def measure_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings:
     {"k", "reason", "samples_per_s"}."""
     from peterrec.finetune import measure_pack_size
 
-    torch.set_num_threads(max(1, int(cpus)))
-    device = torch.device("cuda" if gpus > 0 else "cpu")
+    device = worker_device(cpus, gpus)
     choice = measure_pack_size(shared_backbone(refs, device), list(zip(task_specs, task_datas, settings)),
                                shared_sequences(refs), work_steps=work_steps)
     return {"k": choice.k, "reason": choice.reason,

@@ -182,7 +182,8 @@ def finetune_pack(backbone: Backbone, members: list[tuple], sequences, device: t
     bf16 setting. Yields (task name, FinetuneOutcome or the exception that task failed with) as each task
     leaves the pack, evaluated; one task's failure (or early stop) leaves the others training. Each task
     gets the weights finetune_task would give it alone, up to floating-point reassociation. An error no
-    single task can be blamed for (e.g. out of memory) is raised.
+    single task can be blamed for (e.g. out of memory) ends the pack: every task still in it is yielded
+    with that error.
     """
     from peterrec.fused import PackTask, iter_train_pack
 
@@ -197,12 +198,18 @@ def finetune_pack(backbone: Backbone, members: list[tuple], sequences, device: t
              for name, (t, on_progress) in prepared.items()]
     if not tasks:
         return
-    for trained in iter_train_pack(tasks, device, strategy):
-        try:
-            outcome = prepared[trained.name][0].finish(trained.result) if trained.ok else trained.error
-        except Exception as e:  # noqa: BLE001 - evaluation failed: that task alone
-            outcome = e
-        yield trained.name, outcome
+    left = list(prepared)
+    try:
+        for trained in iter_train_pack(tasks, device, strategy):
+            left.remove(trained.name)
+            try:
+                outcome = prepared[trained.name][0].finish(trained.result) if trained.ok else trained.error
+            except Exception as e:  # noqa: BLE001 - evaluation failed: that task alone
+                outcome = e
+            yield trained.name, outcome
+    except Exception as e:  # noqa: BLE001 - no one task to blame (e.g. out of memory)
+        for name in left:
+            yield name, e
 
 
 def measure_pack_size(backbone: Backbone, members: list[tuple], sequences, budget_s: float = 4.0,

@@ -8,6 +8,7 @@ multi-node and driver-kill scenarios, which need their own clusters, are in test
 import hashlib
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -177,8 +178,10 @@ def test_failing_task_is_retried_then_recorded_without_stopping_others(world, ra
     assert {n: after[n] for n in before} == before
 
 
-def start_endless_job(world, out: Path, **options):
-    """(job, the thread running it, its three task names): a job of three tasks that train until stopped."""
+@contextmanager
+def endless_job(world, out: Path, **options):
+    """(job, the thread running it, its three task names) of a job of three tasks that train until
+    stopped; stopped and joined at the end of the block, whatever the test did."""
     from commands.finetune import settings_from
     from orchestrator.job import FinetuneJob, JobOptions
     from orchestrator.plan import plan_job
@@ -190,7 +193,11 @@ def start_endless_job(world, out: Path, **options):
     job = FinetuneJob(plan, JobOptions(cpus_per_task=1, retries=0, **options))
     runner = threading.Thread(target=job.run)
     runner.start()
-    return job, runner, names
+    try:
+        yield job, runner, names
+    finally:
+        job.stop()
+        runner.join(60)
 
 
 def test_client_attaches_cancels_and_stops_a_running_job(world, ray_cluster, tmp_path):
@@ -198,8 +205,7 @@ def test_client_attaches_cancels_and_stops_a_running_job(world, ray_cluster, tmp
     from orchestrator.client import JobClient
 
     out = tmp_path / "job"
-    job, runner, (a, b, c) = start_endless_job(world, out, max_concurrent=2)
-    try:
+    with endless_job(world, out, max_concurrent=2) as (job, runner, (a, b, c)):
         wait_for(lambda: (out / "state.json").exists())
         client = JobClient.attach(out)
         wait_for(lambda: sum(t.status == "running" and t.step > 0 for t in client.state().tasks.values()) == 2)
@@ -214,9 +220,6 @@ def test_client_attaches_cancels_and_stops_a_running_job(world, ray_cluster, tmp
         client.stop()
         runner.join(60)
         assert not runner.is_alive()
-    finally:
-        job.stop()
-        runner.join(60)
     state = client.state()
     assert state.status == "stopped" and not client.live
     rows = {r["task"]: r for r in client.results()}
@@ -338,8 +341,7 @@ def test_cancelling_one_task_of_a_running_pack_leaves_the_others_training(world,
     from orchestrator.client import JobClient
 
     out = tmp_path / "job"
-    job, runner, (a, b, c) = start_endless_job(world, out, max_concurrent=1, pack=3)
-    try:
+    with endless_job(world, out, max_concurrent=1, pack=3) as (job, runner, (a, b, c)):
         client = JobClient(out, job)
         wait_for(lambda: all(t.step > 0 for t in client.state().tasks.values()))
         assert {t.pack for t in client.state().tasks.values()} == {3}
@@ -352,9 +354,6 @@ def test_cancelling_one_task_of_a_running_pack_leaves_the_others_training(world,
         client.stop()
         runner.join(60)
         assert not runner.is_alive()
-    finally:
-        job.stop()
-        runner.join(60)
     rows = {r["task"]: r for r in client.results()}
     assert rows[b]["status"] == "failed" and rows[b]["error"] == "cancelled"
     assert a not in rows and c not in rows  # stopped: left for --resume
