@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from peterrec.backbone import Backbone
-from peterrec.fused_patches import PackedPatches
-from peterrec.fused_train import PackTask, check_packable, split_representations, task_loss
+from peterrec.fused_train import PackTask, check_packable, packed_representations, task_loss
 from peterrec.modes import TaskModel
-from peterrec.training import make_optimizer
+from peterrec.training import make_optimizer, optimizer_step, trainable_parameters
 
 SINGLE_STEPS = 4  # unpacked steps per measurement round (the tasks in turn); a pack K takes one step
 MIN_BUDGET_S = 0.5  # the least time measuring takes when a short job shrinks the budget
@@ -60,31 +59,24 @@ class _Probe:
         m = task.model
         self.model = TaskModel(m.backbone, copy.deepcopy(m.head), copy.deepcopy(m.patches), m.mode,
                                m.representation)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(params, task.config)
-        self.params, self.clip = params, task.config.grad_clip
+        self.params, self.clip = trainable_parameters(self.model), task.config.grad_clip
+        self.optimizer = make_optimizer(self.params, task.config)
         b = min(task.config.batch_size, len(task.arrays[1]))
         self.batch = [torch.as_tensor(a[:b]).to(device) for a in task.arrays]
         self.negatives = torch.Generator(device=device).manual_seed(0)
 
     def optimise(self) -> None:
-        if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-        self.optimizer.step()
+        optimizer_step(self.params, self.optimizer, self.clip)
         self.optimizer.zero_grad(set_to_none=True)
 
 
 def _packed_step(backbone: Backbone, probes: list[_Probe], strategy: str) -> int:
-    items = torch.cat([p.batch[0] for p in probes])
-    counts = [len(p.batch[0]) for p in probes]
-    task_of_row = torch.repeat_interleave(torch.arange(len(probes)), torch.tensor(counts)).to(items.device)
-    hidden = backbone(items, PackedPatches(backbone, [p.model.patches for p in probes], task_of_row, strategy))
-    reps = split_representations(hidden, [p.model for p in probes], counts)
+    reps = packed_representations(backbone, [p.model for p in probes], [p.batch[0] for p in probes], strategy)
     losses = [task_loss(p.model, rep, p.batch[1], p.negatives) for p, rep in zip(probes, reps)]
     torch.stack(losses).sum().backward()
     for p in probes:
         p.optimise()
-    return len(items)
+    return sum(len(p.batch[0]) for p in probes)
 
 
 def _single_step(probe: _Probe) -> int:

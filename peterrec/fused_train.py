@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from peterrec.backbone import Backbone, user_representation
 from peterrec.fused_patches import PackedPatches
 from peterrec.modes import TaskModel
-from peterrec.training import Progress, TrainConfig, TrainResult, make_optimizer, trainable_parameters, training_steps
+from peterrec.training import (Progress, TrainConfig, TrainResult, make_optimizer, optimizer_step, trainable_parameters,
+                               training_steps)
 
 PACKABLE_MODES = ("peterrec", "finecls")
 
@@ -124,22 +124,27 @@ class _Member:
         self._loop.close()
 
     def optimise(self) -> None:
-        if self.config.grad_clip:
-            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.optimizer.step()
+        optimizer_step(self.params, self.optimizer, self.config.grad_clip)
+
+
+def packed_representations(backbone: Backbone, models: Sequence[TaskModel], item_batches: Sequence[torch.Tensor],
+                           strategy: str = "auto") -> list[torch.Tensor]:
+    """Each model's user representations (n_k, C) of its own batch (n_k, L), from one forward pass
+    of the concatenated batches over the backbone, each row patched by its own model."""
+    items = torch.cat(list(item_batches))  # (B, L)
+    counts = [len(b) for b in item_batches]
+    task_of_row = torch.repeat_interleave(torch.arange(len(models), device=items.device),
+                                          torch.tensor(counts, device=items.device))
+    hidden = backbone(items, PackedPatches(backbone, [m.patches for m in models], task_of_row, strategy))  # (B, L, C)
+    return split_representations(hidden, models, counts)
 
 
 def _fused_losses(backbone: Backbone, members: list[_Member], strategy: str, autocast):
     """One forward over the members' concatenated batches -> ({member: loss}, {member: error})."""
-    items = torch.cat([m.batch[0] for m in members])  # (B, L)
-    counts = [len(m.batch[0]) for m in members]
-    task_of_row = torch.repeat_interleave(torch.arange(len(members), device=items.device),
-                                          torch.tensor(counts, device=items.device))
-    adapter = PackedPatches(backbone, [m.model.patches for m in members], task_of_row, strategy)
     losses, errors = {}, {}
     with autocast:
-        hidden = backbone(items, adapter)  # (B, L, C)
-        for m, rep in zip(members, split_representations(hidden, [m.model for m in members], counts)):
+        reps = packed_representations(backbone, [m.model for m in members], [m.batch[0] for m in members], strategy)
+        for m, rep in zip(members, reps):
             try:
                 losses[m] = task_loss(m.model, rep, m.batch[1], m.negatives)
             except Exception as exc:  # noqa: BLE001
@@ -154,10 +159,7 @@ def _blame(backbone: Backbone, members: list[_Member], autocast) -> dict:
     with torch.no_grad(), autocast:
         for m in members:
             try:
-                adapter = PackedPatches(backbone, [m.model.patches], torch.zeros(len(m.batch[0]), dtype=torch.long,
-                                                                                  device=m.batch[0].device))
-                hidden = backbone(m.batch[0], adapter)
-                task_loss(m.model, split_representations(hidden, [m.model], [len(hidden)])[0], m.batch[1], None)
+                task_loss(m.model, packed_representations(backbone, [m.model], [m.batch[0]])[0], m.batch[1], None)
             except Exception as exc:  # noqa: BLE001
                 errors[m] = exc
     return errors
@@ -234,5 +236,5 @@ def iter_train_pack(tasks: Sequence[PackTask], device: torch.device | None = Non
         yield from leaving()
 
 
-__all__ = ["PACKABLE_MODES", "PackOutcome", "PackTask", "check_packable", "iter_train_pack", "split_representations",
-           "task_loss", "train_pack"]
+__all__ = ["PACKABLE_MODES", "PackOutcome", "PackTask", "check_packable", "iter_train_pack", "packed_representations",
+           "split_representations", "task_loss", "train_pack"]

@@ -125,12 +125,17 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
                 loss = loss_fn(*batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
+            optimizer_step(params, optimizer, config.grad_clip)
             batch = run.send(loss.item())
     except StopIteration as end:
         return end.value
+
+
+def optimizer_step(params: list[nn.Parameter], optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:
+    """The step after backward: gradients clipped to `grad_clip` (total norm), then the optimizer's step."""
+    if grad_clip:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
