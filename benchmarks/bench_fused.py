@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peterrec.backbone import Backbone  # noqa: E402
 from peterrec.config import BackboneConfig, PatchConfig  # noqa: E402
 from peterrec.fused import PackTask, choose_pack_size, train_pack  # noqa: E402
-from peterrec.modes import build_task_model  # noqa: E402
+from peterrec.task_model import build_task_model  # noqa: E402
 from peterrec.training import TrainConfig, train  # noqa: E402
 
 VOCAB, LENGTH = 5000, 50

@@ -180,7 +180,8 @@ def bare_loop(spec, backbone_dir, steps: int, threads: int, budget_s: float | No
 
 def orchestrated(spec, backbone_dir, steps: int, out: Path) -> float:
     """Seconds of the job on the running cluster: from submitting the tasks to the last result."""
-    from orchestrator.job import FinetuneJob, JobOptions
+    from orchestrator.job import FinetuneJob
+    from orchestrator.settings import JobOptions
     from orchestrator.plan import plan_job
 
     plan = plan_job(spec, backbone_dir, out, settings(steps))

@@ -30,7 +30,8 @@ import torch  # noqa: E402
 
 from commands.finetune import settings_from  # noqa: E402
 from orchestrator.cluster import connect  # noqa: E402
-from orchestrator.job import FinetuneJob, JobOptions  # noqa: E402
+from orchestrator.job import FinetuneJob  # noqa: E402
+from orchestrator.settings import JobOptions  # noqa: E402
 from orchestrator.plan import plan_job  # noqa: E402
 from peterrec import Backbone, BackboneConfig  # noqa: E402
 from peterrec.checkpoint import save_checkpoint  # noqa: E402

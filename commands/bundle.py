@@ -1,7 +1,7 @@
 """`peterrec bundle`: pack, unpack, list and check the patch sets a job carries away.
 
   python cli.py bundle inspect runs/demo/job
-  python cli.py bundle verify runs/demo/job --backbone runs/demo/pretrain
+  python cli.py bundle verify runs/demo/job --backbone runs/demo/backbone
   python cli.py bundle export runs/demo/job --out demo-bundle.tar
   python cli.py bundle import demo-bundle.tar --out bundles/demo
 """
@@ -93,13 +93,15 @@ def summary(bundle) -> dict:
         rows.append({"task": entry["name"], "kind": entry["kind"], "mode": entry["mode"], "bytes": entry["bytes"],
                      **config["params"], "metric": metric, "value": value, "metrics": metrics})
     backbone_params = rows[0]["backbone_params"] if rows else 0
-    storage = storage_for(backbone_params, [r["stored_params"] for r in rows], [r["fineall_params"] for r in rows])
+    storage = storage_for(backbone_params, [r["stored_params"] for r in rows], [r["fineall_params"] for r in rows],
+                          [r["mode"] for r in rows])
     return {"path": str(bundle.source), "format_version": bundle.index["version"],
             "backbone": {"fingerprint": bundle.fingerprint, "config": bundle.index["backbone"]["config"],
                          "params": backbone_params},
             "tasks": rows,
             "totals": {"tasks": storage.tasks, "bytes": sum(r["bytes"] for r in rows),
-                       "shared_params": storage.shared_params, "full_copies_params": storage.full_copies_params,
+                       "backbone_params": storage.backbone_params, "shared_params": storage.shared_params,
+                       "full_copies_params": storage.full_copies_params,
                        "shared_vs_full_copies": storage.ratio if storage.full_copies_params else None}}
 
 
@@ -128,9 +130,11 @@ def _inspect(args) -> int:
     console.print(table)
     totals = info["totals"]
     if totals["tasks"]:
-        patches = totals["shared_params"] - info["backbone"]["params"]
-        console.print(f"{totals['tasks']} task(s): backbone {info['backbone']['params']:,} params (once) + patch sets "
-                      f"{patches:,} = {totals['shared_params']:,} params, vs {totals['full_copies_params']:,} for "
+        held = totals["backbone_params"]
+        parts = (f"backbone {held:,} params (once) + patch sets " if held
+                 else "task models (each with its own backbone) ")
+        console.print(f"{totals['tasks']} task(s): {parts}{totals['shared_params'] - held:,} = "
+                      f"{totals['shared_params']:,} params, vs {totals['full_copies_params']:,} for "
                       f"{totals['tasks']} full copies ({100 * totals['shared_vs_full_copies']:.1f}%); "
                       f"{_size(totals['bytes'])} on disk")
     return 0

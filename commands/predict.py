@@ -1,6 +1,6 @@
 """`peterrec predict`: run one task of a bundle over users' item sequences.
 
-  python cli.py predict --backbone runs/demo/pretrain --bundle runs/demo/job --task gender \\
+  python cli.py predict --backbone runs/demo/backbone --bundle runs/demo/job --task gender \\
       --input data/demo/source/sequences.parquet --out gender.parquet
 """
 
@@ -151,62 +151,34 @@ def _sequences_of(args, path: Path):
 
 
 def read_paper_csv(path: Path, config, items_path: Path | None):
-    """The paper's format, one user per line: s1,...,sn[,,t1,...]; 0 is padding. User ids are line numbers."""
+    """The paper's format (tasks.paper_csv): raw ids mapped through items.parquet, else dense ids of the
+    backbone; users named as `import peterrec-csv` names them (u0 on line 1)."""
     import numpy as np  # noqa: PLC0415
 
-    from tasks import DataError, read_item_vocab  # noqa: PLC0415
+    from tasks import Sequences, read_item_vocab  # noqa: PLC0415
+    from tasks.paper_csv import read_paper_csv as parse  # noqa: PLC0415
 
-    dense = None
+    rows = parse(path, integer_ids=items_path is None)
     if items_path is not None:  # raw id -> dense id; dense id 0 (padding) has no raw id
         dense = {raw: i for i, raw in enumerate(read_item_vocab(items_path)) if raw is not None}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text ({e})") from None
-    user_ids, items, targets = [], [], []
-    for line_no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        source, _, target = line.strip().partition(",,")
-        sequence = _csv_items(source.split(","), config, dense, lambda field, problem: DataError(
-            path, problem, field=field, where=f"line {line_no}"), items_path)
-        row = np.zeros(config.max_len, dtype=np.int64)
-        kept = sequence[-config.max_len:]  # the most recent items, left-padded
-        row[config.max_len - len(kept):] = kept
-        user_ids.append(str(line_no))
-        items.append(row)
-        targets.append([t.strip() for t in target.split(",") if t.strip()])
-    if not user_ids:
-        raise DataError(path, "no users: the file is empty")
-    return user_ids, np.stack(items), {"targets": targets}
-
-
-def _csv_items(tokens: list[str], config, dense: dict | None, fail, items_path) -> list[int]:
-    """Dense item ids of one CSV line's source part; `fail(field, problem)` makes the error to raise."""
-    sequence = []
-    for j, token in enumerate(t.strip() for t in tokens):
-        field = f"s{j + 1}"
-        if token == "":
-            raise fail(field, "empty item id")
-        if token == "0":
-            continue  # padding
-        if dense is not None:
-            if token not in dense:
-                raise fail(field, f"raw item id {token!r} is not in {items_path}")
-            sequence.append(dense[token])
-            continue
-        try:
-            item = int(token)
-        except ValueError:
-            raise fail(field, f"{token!r} is not an integer item id") from None
-        if not 1 <= item < config.vocab_size:
-            raise fail(field, f"item id {item} is outside 1..{config.vocab_size - 1} (vocab_size = "
-                              f"{config.vocab_size}); if the CSV holds raw source ids, pass --items "
-                              f"source/items.parquet to map them")
-        sequence.append(item)
-    if not sequence:
-        raise fail("s1", "no items (only padding)")
-    return sequence
+        for user, source in enumerate(rows.sources):
+            for j, token in enumerate(source):
+                if token not in dense:
+                    raise rows.fail(user, j, f"raw item id {token!r} is not in {items_path}")
+        sequences = [[dense[token] for token in source] for source in rows.sources]
+    else:
+        for user, source in enumerate(rows.sources):
+            for j, item in enumerate(source):
+                if not 1 <= item < config.vocab_size:
+                    raise rows.fail(user, j, f"item id {item} is outside 1..{config.vocab_size - 1} (vocab_size = "
+                                             f"{config.vocab_size}); if the CSV holds raw source ids, pass --items "
+                                             f"source/items.parquet to map them")
+        sequences = rows.sources
+    user_ids = list(rows.user_ids())
+    items = Sequences.from_lists(user_ids, sequences, config.vocab_size).padded(np.arange(len(user_ids)),
+                                                                                 config.max_len)
+    targets = rows.targets if rows.targets is not None else [[] for _ in user_ids]
+    return user_ids, items, {"targets": targets}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def load_sequences(data: str):
     if path.suffix == ".parquet":
         sequences = read_sequences(path)
         return sequences, sequences.vocab_size
-    from commands._common import resolve_spec
+    from orchestrator.settings import resolve_spec
 
     spec = load_spec(resolve_spec(path))
     return read_sequences(spec.sequences, spec.vocab_size), spec.vocab_size
@@ -84,7 +84,8 @@ def pretrain_command(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from commands._common import TrainingBar, train_config_from, training_progress
+    from commands._common import train_config_from
+    from tui.console import TrainingBar, training_progress
     from peterrec.checkpoint import save_checkpoint
     from peterrec.config import BackboneConfig
     from peterrec.efficiency import count_parameters
@@ -143,7 +144,7 @@ def pretrain_with_ray(args, sequences, config, train_config, device, bar):
     """The Ray Train run of --workers N; None (after printing why) when it failed."""
     import sys
 
-    from orchestrator.pretrain_ray import PretrainFailed, RayOptions, default_storage, pretrain_on_ray
+    from orchestrator.pretrain.ray_train import PretrainFailed, RayOptions, default_storage, pretrain_on_ray
 
     options = RayOptions(workers=args.workers, storage=args.storage or default_storage(args.out),
                          resume=args.resume, force=args.force, address=args.address,

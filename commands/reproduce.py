@@ -11,7 +11,7 @@ non-causal (cloze) and a causal (next item) backbone side by side, then fine-tun
 as one orchestrated job per backbone on one Ray session. Writes OUT/results.parquet (one row per cell,
 with arch, task, method, seed, test and validation metric), OUT/results.md (Table 3 per architecture:
 mean ± std over seeds and the trained parameters as % of FineAll) and OUT/tradeoff.png (metric against
-trained parameters). Fine-tuning settings are one set per method (orchestrator/reproduce.py,
+trained parameters). Fine-tuning settings are one set per method (reproduce/grid.py,
 REPRODUCE_LR), chosen on the validation split with --select-lr. Examples:
 
   python cli.py reproduce --movielens ../shared/data/ml-100k --out runs/ml100k
@@ -53,7 +53,7 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def config_from(args):
-    from orchestrator.reproduce import ReproduceConfig
+    from reproduce.grid import ReproduceConfig
 
     changes = {"seeds": args.seeds if args.seeds is not None else (1 if args.quick or args.select_lr else 3)}
     for key in ("methods", "tasks", "archs"):
@@ -101,9 +101,9 @@ def reproduce_command(args) -> int:
 
     from rich.console import Console
 
-    from orchestrator.display import make_display
-    from orchestrator.job import JobOptions
-    from orchestrator.reproduce import reproduce
+    from tui.console import make_display
+    from orchestrator.settings import JobOptions
+    from reproduce.pipeline import reproduce
 
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1 (got {args.seeds})")

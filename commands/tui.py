@@ -11,34 +11,19 @@ DESCRIPTION = """A full-screen terminal UI (works over SSH; keys are shown in th
   python cli.py tui --attach runs/w/job                 watch a job started elsewhere, or review a finished one
   python cli.py tui --tune runs/w/tune                  the trials of a search (DIR/trials.parquet)
 
+Every `finetune` flag sets the launcher's defaults (those the form does not show apply as given).
 Quitting the UI of a job it started stops the job cleanly (finished tasks are kept; `finetune --resume`
 continues it). Without a terminal, --attach prints the job's progress instead (rich or plain lines)."""
 
 
 def add_arguments(parser):
-    from peterrec.config import MODES
+    from commands._flags import add_settings_flags
+    from orchestrator.settings import JobSettings
 
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--attach", metavar="JOB_DIR", help="watch (or review) the fine-tuning job in JOB_DIR")
     what.add_argument("--tune", metavar="DIR", help="show the trials of a search from DIR/trials.parquet")
-    launcher = parser.add_argument_group("launcher defaults")
-    launcher.add_argument("--backbone", help="pretrained checkpoint directory")
-    launcher.add_argument("--tasks", help="task spec .toml, or a data directory holding tasks.toml")
-    launcher.add_argument("--out", help="job directory")
-    launcher.add_argument("--mode", choices=MODES, default="peterrec", help="what is trained per task")
-    launcher.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs each task holds")
-    launcher.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs each task holds (fractions share)")
-    launcher.add_argument("--max-concurrent", type=int, default=0,
-                          help="workers: most tasks at once; 0: as many as the cluster's resources allow")
-    launcher.add_argument("--pack", default="1", metavar="K|auto",
-                          help="tasks trained together per worker in one fused pass (see `finetune --help`)")
-    launcher.add_argument("--address", help="Ray cluster to join (default: an embedded local one)")
-    launcher.add_argument("--epochs", type=int, default=5, help="passes over each task's training data")
-    launcher.add_argument("--max-steps", type=int, default=None, help="optimiser steps per task at most")
-    launcher.add_argument("--batch-size", type=int, default=64, help="examples per step")
-    launcher.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    launcher.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray cluster")
-    launcher.add_argument("--object-store-mb", type=int, default=None, help="object store of the embedded cluster")
+    add_settings_flags(parser, JobSettings, unit="task", required=())
 
 
 def run(args) -> int:
@@ -70,17 +55,12 @@ def run(args) -> int:
         print("error: the launcher needs a terminal; run `python cli.py finetune ...` instead (it shows a rich "
               "or plain progress display)", file=sys.stderr)
         return 2
+    from commands._flags import settings_from_args
+    from orchestrator.settings import JobSettings
     from tui import run_app
     from tui.launch import LaunchSettings
 
-    defaults = LaunchSettings(backbone=args.backbone or "", spec=args.tasks or "", out=args.out or "",
-                              mode=args.mode, workers=str(args.max_concurrent), pack=args.pack,
-                              cpus=f"{args.cpus_per_task:g}",
-                              gpus=f"{args.gpus_per_task:g}", address=args.address or "", epochs=str(args.epochs),
-                              max_steps="" if args.max_steps is None else str(args.max_steps),
-                              batch_size=str(args.batch_size), lr=f"{args.lr:g}", num_cpus=args.num_cpus,
-                              object_store_mb=args.object_store_mb)
-    run_app(defaults=defaults)
+    run_app(defaults=LaunchSettings.from_settings(settings_from_args(JobSettings, args)))
     return 0
 
 
@@ -96,7 +76,7 @@ def watch_without_terminal(client) -> int:
     import sys
     import time
 
-    from orchestrator.display import make_display
+    from tui.console import make_display
 
     ui = "rich" if sys.stdout.isatty() else "plain"
     with make_display(ui, client) as display:

@@ -68,6 +68,21 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
     return Cluster(ray.get_runtime_context().gcs_address, owned=True)
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """ConnectionError within `timeout` when nothing listens at a cluster address (joining one makes Ray
+    wait for minutes). "auto", "local" and ray:// client addresses are left to Ray."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address in ("auto", "local") or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"cluster {address}: nothing answers there ({e}); start it with `ray start --head`, "
+                              f"or leave the address out for a local cluster") from None
+
+
 def node_label() -> str:
     """This worker's node, as shown in the task table."""
     import ray

@@ -1,12 +1,14 @@
-"""The progress hub: one Ray actor per job that every task reports to and the driver reads.
+"""The progress hub: one per job, that every task reports to and the driver reads.
 
 It holds each task's TaskState (step, loss, metric, samples/s, status, attempts, curve) and the cancel
 flags the workers poll. Workers report fire-and-forget; the driver pulls the tasks changed since its
-last look, so a 100-task job costs little per refresh.
+last look, so a 100-task job costs little per refresh. On Ray it is an actor (`start_hub`), used through
+ActorHub; a job without Ray holds a LocalHub: both offer the same calls.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 from orchestrator.state import DONE, FAILED, QUEUED, RETRYING, RUNNING, TaskState, clean_number
@@ -95,3 +97,83 @@ def start_hub(task_states: list[TaskState]):
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(num_cpus=0, max_restarts=0, scheduling_strategy=here)(ProgressHub)
     return actor.remote([t.to_dict() for t in task_states])
+
+
+class ActorHub:
+    """The hub actor as the driver and the workers use it: calls look local; reports and the driver's
+    updates go fire-and-forget, `started` and `snapshot` wait for their answer."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def started(self, name: str, node: str, pid: int, pack: int = 1) -> tuple[int, bool]:
+        import ray
+
+        return ray.get(self.actor.started.remote(name, node, pid, pack))
+
+    def report(self, *args) -> "_RayAnswer":
+        return _RayAnswer(self.actor.report.remote(*args))
+
+    def attempt_failed(self, name: str, attempt: int, error: str) -> None:
+        self.actor.attempt_failed.remote(name, attempt, error)
+
+    def finished(self, name: str, status: str, **fields) -> None:
+        self.actor.finished.remote(name, status, **fields)
+
+    def queued(self, names: list[str]) -> None:
+        self.actor.queued.remote(names)
+
+    def cancel(self, names: list[str]) -> None:
+        self.actor.cancel.remote(names)
+
+    def snapshot(self, since: int = 0, timeout: float | None = None) -> dict:
+        import ray
+
+        return ray.get(self.actor.snapshot.remote(since), timeout=timeout)
+
+
+class _RayAnswer:
+    """A report's answer (is the task cancelled?), read once it has come, never waited for."""
+
+    def __init__(self, ref):
+        self.ref = ref
+
+    def ready(self) -> bool:
+        import ray
+
+        return bool(ray.wait([self.ref], timeout=0)[0])
+
+    def value(self) -> bool:
+        import ray
+
+        return ray.get(self.ref)
+
+
+class LocalHub:
+    """A ProgressHub in this process (jobs run without Ray), called from the driver's and the worker
+    thread: the same interface as ActorHub, one call at a time."""
+
+    def __init__(self, task_states: list[TaskState]):
+        self.hub = ProgressHub([t.to_dict() for t in task_states])
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        method = getattr(self.hub, name)
+
+        def call(*args, **kwargs):
+            with self.lock:
+                result = method(*args, **kwargs)
+            return _Answered(result) if name == "report" else result
+
+        return call
+
+
+class _Answered:
+    def __init__(self, value):
+        self._value = value
+
+    def ready(self) -> bool:
+        return True
+
+    def value(self):
+        return self._value

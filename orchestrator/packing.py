@@ -1,8 +1,8 @@
 """Which tasks of a job train together: fused packs of up to K tasks per worker (`finetune --pack`).
 
-A pack is one Ray task that trains its members in one forward pass over the shared backbone per step
-(peterrec.fused). Only tasks over the shared frozen backbone can share a pass (modes peterrec and
-finecls), and members share one bf16 setting; every other task runs alone, as without packing.
+A pack is one unit of work that trains its members in one forward pass over the shared backbone per step
+(peterrec.fused). Only tasks over the shared frozen backbone can share a pass (modes.PACKABLE_MODES), and
+members share one bf16 setting; every other task runs alone, as without packing.
 """
 
 from __future__ import annotations
@@ -11,26 +11,12 @@ import math
 from dataclasses import dataclass, field
 
 
-def parse_pack(text: str) -> int | str:
-    """`--pack` value: a positive int, or "auto"."""
-    if str(text).strip().lower() == "auto":
-        return "auto"
-    try:
-        k = int(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"--pack takes a number of tasks or 'auto' (got {text!r})") from None
-    if k < 1:
-        raise ValueError(f"--pack must be >= 1 (got {k})")
-    return k
-
-
 @dataclass
 class Unit:
-    """What one Ray task runs: one task alone, or a pack of several; `retries` left for a lone task."""
+    """What one worker runs: one task alone, or a pack of several."""
 
     names: list[str]
-    retries: int
-    reported: set[str] = field(default_factory=set)  # a running pack's tasks whose result has come back
+    reported: set[str] = field(default_factory=set)  # its tasks whose result has come back
 
     @property
     def packed(self) -> bool:
@@ -66,24 +52,7 @@ def auto_candidates(packable: list[str], steps: dict[str, int], slots: int) -> t
     return candidates, sum(steps[n] for n in packable) // slots
 
 
-def measure_on_worker(refs, plan, packable: list[str], steps: dict[str, int], slots: int, cpus: float,
-                      gpus: float) -> dict:
-    """--pack auto on a cluster: {"k", "reason", "samples_per_s"} from orchestrator.worker.measure_pack,
-    run on a worker holding a task's resources, over auto_candidates."""
-    import ray
-
-    from orchestrator.worker import measure_pack
-
-    candidates, work_steps = auto_candidates(packable, steps, slots)
-    if len(candidates) < 2:
-        return {"k": 1, "reason": "fewer than two packable tasks per worker", "samples_per_s": {}}
-    measure = ray.remote(measure_pack).options(num_cpus=cpus, num_gpus=gpus)
-    return ray.get(measure.remote(refs, [plan.spec(n) for n in candidates], [plan.task_data[n] for n in candidates],
-                                  [plan.task_settings[n] for n in candidates], cpus, gpus, work_steps))
-
-
-def plan_units(names: list[str], settings: dict, steps: dict[str, int], k: int, slots: int,
-               retries: int) -> list[Unit]:
+def plan_units(names: list[str], settings: dict, steps: dict[str, int], k: int, slots: int) -> list[Unit]:
     """Submission units, in the order to run them.
 
     names: the tasks to run, in spec order; settings: their FinetuneSettings; steps: their training
@@ -95,7 +64,7 @@ def plan_units(names: list[str], settings: dict, steps: dict[str, int], k: int, 
     spec order.
     """
     if k <= 1:
-        return [Unit([n], retries) for n in names]
+        return [Unit([n]) for n in names]
     pack_these = set(packable_names(names, settings))
     alone = [[n] for n in names if n not in pack_these]
     groups: dict[bool, list[str]] = {}
@@ -114,4 +83,4 @@ def plan_units(names: list[str], settings: dict, steps: dict[str, int], k: int, 
             packs.append(members[start:end])
             start = end
     units = sorted(packs + alone, key=lambda unit: -max(steps[n] for n in unit))
-    return [Unit(unit, retries) for unit in units]
+    return [Unit(unit) for unit in units]

@@ -73,6 +73,14 @@ def plan_job(spec_path, backbone_path, job_dir, settings, only=None, resume: boo
                    task_settings, tasks, JobOutputs(job_dir, backbone, fingerprint, rows), lock)
 
 
+def plan_for(settings) -> JobPlan:
+    """plan_job for an orchestrator.settings.JobSettings: its own checks first (SettingError naming the
+    setting), then everything plan_job checks."""
+    settings.check()
+    return plan_job(settings.spec_path(), settings.backbone, settings.out, settings.training.finetune_settings(),
+                    settings.only, resume=settings.resume, force=settings.force)
+
+
 def check_output_dir(out: Path, resume: bool, force: bool, kept: str, continue_hint: str) -> None:
     """OUT must be new or empty, unless --resume (keep what it holds) or --force (start over)."""
     if resume and force:
@@ -116,21 +124,14 @@ def selected_tasks(job, only) -> list:
 
 def task_settings_for(job, task_spec, settings, backbone_config, task_data):
     """The task's settings with its overrides, checked against the backbone (DataError naming the entry)."""
-    from peterrec.finetune import with_overrides
-    from peterrec.modes import MODES, PATCHED_MODES
+    from peterrec.finetune import check_settings, with_overrides
     from tasks import DataError
 
     index = job.tasks.index(task_spec)
     where = f"task[{index}] '{task_spec.name}'"
     try:
         task_settings = with_overrides(settings, task_spec.overrides or {})
-        if task_settings.mode not in MODES:
-            raise ValueError(f"unknown mode {task_settings.mode!r} (expected one of {', '.join(MODES)})")
-        if task_settings.mode in PATCHED_MODES:
-            task_settings.patch.width(backbone_config.channels)
-        blocks = len(backbone_config.dilations)
-        if task_settings.mode == "finelast" and not 1 <= task_settings.finelast_blocks <= blocks:
-            raise ValueError(f"finelast_blocks must lie in 1..{blocks} (got {task_settings.finelast_blocks})")
+        check_settings(task_settings, backbone_config)
     except (ValueError, TypeError) as e:
         raise DataError(job.path, str(e), row=index, field="overrides", where=where) from None
     if len(task_data.part("train")[0]) == 0:

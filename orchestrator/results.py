@@ -17,8 +17,10 @@ SCHEMA = pa.schema([
     pa.field("status", pa.string(), nullable=False),  # "done" | "failed"
     pa.field("metric", pa.string()),
     pa.field("value", pa.float64()),
-    pa.field("trained_params", pa.int64()),
-    pa.field("backbone_params", pa.int64()),
+    pa.field("trained_params", pa.int64()),  # optimised for the task
+    pa.field("backbone_params", pa.int64()),  # the shared backbone's
+    pa.field("fineall_params", pa.int64()),  # what FineAll trains for the same task: backbone + head
+    pa.field("stored_params", pa.int64()),  # what its bundle entry holds (PeterZero: its own backbone too)
     pa.field("ratio_vs_fineall", pa.float64()),  # trained params as % of FineAll's
     pa.field("seconds", pa.float64()),
     pa.field("attempts", pa.int32()),
@@ -35,10 +37,12 @@ def bundle_path(job_dir: Path) -> Path:
 
 
 def read_results(job_dir: Path) -> list[dict]:
+    """Every row of JOB_DIR/results.parquet (a column an older file lacks reads as null)."""
     path = results_path(job_dir)
     if not path.exists():
         return []
-    return pq.read_table(path, schema=SCHEMA).to_pylist()
+    table = pq.read_table(path)
+    return [{f.name: row.get(f.name) for f in SCHEMA} for row in table.to_pylist()]
 
 
 def write_results(job_dir: Path, rows: list[dict]) -> Path:
@@ -56,6 +60,7 @@ def done_row(task_spec, summary: dict, seconds: float, attempts: int) -> dict:
     return {"task": task_spec.name, "kind": task_spec.kind, "mode": summary["mode"], "status": "done",
             "metric": summary["metric"], "value": float(summary["value"]),
             "trained_params": summary["trained_params"], "backbone_params": summary["backbone_params"],
+            "fineall_params": summary["fineall_params"], "stored_params": summary["stored_params"],
             "ratio_vs_fineall": summary["ratio_vs_fineall"], "seconds": seconds, "attempts": attempts,
             "error": None}
 
@@ -63,7 +68,8 @@ def done_row(task_spec, summary: dict, seconds: float, attempts: int) -> dict:
 def failed_row(task_spec, mode: str, error: str, seconds: float, attempts: int) -> dict:
     return {"task": task_spec.name, "kind": task_spec.kind, "mode": mode, "status": "failed",
             "metric": task_spec.metric, "value": None, "trained_params": None, "backbone_params": None,
-            "ratio_vs_fineall": None, "seconds": seconds, "attempts": attempts, "error": error}
+            "fineall_params": None, "stored_params": None, "ratio_vs_fineall": None, "seconds": seconds,
+            "attempts": attempts, "error": error}
 
 
 class JobOutputs:
@@ -112,7 +118,7 @@ def task_model_from_state(backbone, task_spec, settings, state: dict):
     """A TaskModel over `backbone` holding the given task tensors (numpy arrays or tensors)."""
     import torch
 
-    from peterrec.modes import build_task_model
+    from peterrec.task_model import build_task_model
 
     model = build_task_model(backbone, task_spec.kind, task_spec.num_outputs, settings.mode, settings.patch,
                              settings.finelast_blocks, settings.representation, seed=settings.train.seed)

@@ -83,6 +83,7 @@ class JobState:
     mode: str = ""
     spec: str = ""
     backbone: str = ""
+    settings: dict = field(default_factory=dict)  # the job-wide FinetuneSettings (to_dict), under each task's overrides
     pid: int | None = None  # the driver process, its host and its start time (tells it from a reused pid)
     host: str | None = None
     pid_started: float | None = None
@@ -112,7 +113,7 @@ class JobState:
     def to_dict(self) -> dict:
         d = {name: getattr(self, name) for name in JOB_FIELDS}
         d["cluster"] = {k: list(v) if isinstance(v, list) else v for k, v in self.cluster.items()}
-        d["resources"], d["timings"] = dict(self.resources), dict(self.timings)
+        d["resources"], d["timings"], d["settings"] = dict(self.resources), dict(self.timings), dict(self.settings)
         d["tasks"] = {name: t.to_dict() for name, t in self.tasks.items()}
         return d
 

@@ -1,24 +1,19 @@
-"""The Ray tasks that fine-tune: shared backbone in, task state (numpy) + summary out.
+"""What a worker does with a unit of a job (one task, or a fused pack of tasks), wherever it runs.
 
-Plain functions; the driver wraps them with ray.remote and their resources and retries.
-- run_task: one task. Any exception is reported to the hub, then raised so that Ray retries the task.
-- run_pack: several tasks in one fused pack (peterrec.fused), a Ray generator that yields each task's
-  result as it leaves the pack. A task that fails leaves it and comes back as failed (the driver runs
-  it again on its own); the others train on.
-- measure_pack: the pack size `--pack auto` uses, measured on a worker like the ones that will train.
+Plain functions that know neither Ray nor threads: the executors (executors.py) call them on a Ray worker
+or in this process, handing them a `hub` (the job's progress hub, hub.py) and a `load` that returns the
+shared backbone and sequences. A task's failure comes back as {"error": text}; the driver decides what
+runs again. Results are the task state as numpy arrays plus its summary.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
+from typing import Callable
 
-import ray
 import torch
 
-from orchestrator.cluster import node_label
-from orchestrator.shared import SharedRefs, shared_backbone, shared_sequences
 from peterrec.finetune import FinetuneSettings, finetune_pack, finetune_task
 from peterrec.training import Progress
 
@@ -31,7 +26,7 @@ class InjectedFailure(RuntimeError):
 
 class HubReporter:
     """training.train's on_progress: sends progress to the hub at most every REPORT_EVERY_S (and at the
-    end), fire-and-forget; returns True (stop) once the hub has answered that the task is cancelled."""
+    end) without waiting; returns True (stop) once the hub has answered that the task is cancelled."""
 
     def __init__(self, hub, name: str, attempt: int, fail: bool = False):
         self.hub, self.name, self.attempt, self.fail = hub, name, attempt, fail
@@ -42,41 +37,16 @@ class HubReporter:
     def __call__(self, p: Progress) -> bool:
         if self.fail:  # in the middle of training, as a real failure would come
             raise InjectedFailure(f"injected failure of attempt {self.attempt} (PETERREC_FAIL_TASKS)")
-        if self.answer is not None and ray.wait([self.answer], timeout=0)[0]:
-            self.cancelled = self.cancelled or bool(ray.get(self.answer))
+        if self.answer is not None and self.answer.ready():
+            self.cancelled = self.cancelled or bool(self.answer.value())
             self.answer = None
         now = time.monotonic()
         if p.done or now - self.last >= REPORT_EVERY_S:
             self.last = now
-            ref = self.hub.report.remote(self.name, self.attempt, p.step, p.total_steps, p.epoch, p.loss,
-                                         p.metric, p.samples_per_s)
-            self.answer = self.answer or ref
+            answer = self.hub.report(self.name, self.attempt, p.step, p.total_steps, p.epoch, p.loss, p.metric,
+                                     p.samples_per_s)
+            self.answer = self.answer or answer
         return self.cancelled
-
-
-def run_task(refs: SharedRefs, task_spec, task_data, settings: FinetuneSettings, hub, cpus: float,
-             gpus: float = 0.0, fail_attempts: int = 0) -> dict:
-    """Fine-tune one task over the job's shared backbone.
-
-    Returns {"state": {name: np.ndarray}, "summary": FinetuneOutcome.summary(), "seconds", "attempt"},
-    or {"cancelled": True, ...} when the hub cancelled the task.
-    """
-    start = time.perf_counter()
-    device = worker_device(cpus, gpus)
-    attempt, cancelled = ray.get(hub.started.remote(task_spec.name, node_label(), os.getpid()))
-    if cancelled:
-        return {"cancelled": True, "attempt": attempt, "seconds": time.perf_counter() - start}
-    try:
-        if attempt <= fail_attempts:
-            raise InjectedFailure(f"injected failure of attempt {attempt} (PETERREC_FAIL_TASKS)")
-        backbone = shared_backbone(refs, device)
-        sequences = shared_sequences(refs)
-        reporter = HubReporter(hub, task_spec.name, attempt)
-        outcome = finetune_task(backbone, task_spec, task_data, sequences, settings, device, reporter)
-    except Exception as e:
-        hub.attempt_failed.remote(task_spec.name, attempt, error_text(e))
-        raise
-    return task_result(outcome, attempt, time.perf_counter() - start)
 
 
 def worker_device(cpus: float, gpus: float) -> torch.device:
@@ -95,19 +65,40 @@ def task_result(outcome, attempt: int, seconds: float) -> dict:
     return {"state": state, "summary": outcome.summary(), "seconds": seconds, "attempt": attempt}
 
 
-def run_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings: list[FinetuneSettings], hub,
-             cpus: float, gpus: float = 0.0, fail_attempts: list[int] | None = None):
-    """A Ray generator: fine-tunes several tasks at once, one fused pass over the shared backbone per
-    step, and yields (name, what run_task returns, or {"error": text, ...}) as each task leaves the pack.
+def failure(hub, name: str, attempt: int, error: BaseException, seconds: float) -> dict:
+    hub.attempt_failed(name, attempt, error_text(error))
+    return {"error": error_text(error), "attempt": attempt, "seconds": seconds}
 
-    A task's error never stops the pack (the driver decides what runs again); only the loss of the
-    worker ends it early.
+
+def run_task(hub, load: Callable, task_spec, task_data, settings: FinetuneSettings, device: torch.device,
+             where: tuple[str, int], fail_attempts: int = 0) -> dict:
+    """Fine-tune one task over the job's shared backbone (`load()` -> (backbone, sequences)).
+
+    Returns {"state": {name: np.ndarray}, "summary": FinetuneOutcome.summary(), "seconds", "attempt"},
+    {"cancelled": True, ...} when the hub cancelled the task, or {"error": text, ...} when it failed.
     """
     start = time.perf_counter()
-    device = worker_device(cpus, gpus)
+    attempt, cancelled = hub.started(task_spec.name, *where)
+    if cancelled:
+        return {"cancelled": True, "attempt": attempt, "seconds": time.perf_counter() - start}
+    try:
+        if attempt <= fail_attempts:
+            raise InjectedFailure(f"injected failure of attempt {attempt} (PETERREC_FAIL_TASKS)")
+        backbone, sequences = load()
+        reporter = HubReporter(hub, task_spec.name, attempt)
+        outcome = finetune_task(backbone, task_spec, task_data, sequences, settings, device, reporter)
+    except Exception as e:  # noqa: BLE001 - the task failed: the driver decides whether it runs again
+        return failure(hub, task_spec.name, attempt, e, time.perf_counter() - start)
+    return task_result(outcome, attempt, time.perf_counter() - start)
+
+
+def run_pack(hub, load: Callable, task_specs: list, task_datas: list, settings: list[FinetuneSettings],
+             device: torch.device, where: tuple[str, int], fail_attempts: list[int] | None = None):
+    """Fine-tune several tasks at once, one fused pass over the shared backbone per step; yields (name,
+    what run_task returns) as each task leaves the pack. A task's error never stops the pack."""
+    start = time.perf_counter()
     names = [s.name for s in task_specs]
-    node, pid = node_label(), os.getpid()
-    begun = ray.get([hub.started.remote(name, node, pid, len(names)) for name in names])
+    begun = [hub.started(name, *where, len(names)) for name in names]
     attempts = {name: attempt for name, (attempt, _) in zip(names, begun)}
     members = []
     for spec, data, task_settings, (attempt, cancelled), fails in zip(
@@ -117,29 +108,27 @@ def run_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings: lis
         else:
             members.append((spec, data, task_settings, HubReporter(hub, spec.name, attempt, attempt <= fails)))
     try:
-        backbone, sequences = shared_backbone(refs, device), shared_sequences(refs)
+        backbone, sequences = load()
     except Exception as e:  # noqa: BLE001 - nothing could train here: each task runs again alone
         outcomes = ((spec.name, e) for spec, *_ in members)
     else:
         outcomes = finetune_pack(backbone, members, sequences, device)
     for name, outcome in outcomes:
-        attempt, seconds = attempts[name], time.perf_counter() - start
+        seconds = time.perf_counter() - start
         if isinstance(outcome, BaseException):
-            hub.attempt_failed.remote(name, attempt, error_text(outcome))
-            yield name, {"error": error_text(outcome), "attempt": attempt, "seconds": seconds}
+            yield name, failure(hub, name, attempts[name], outcome, seconds)
         else:
-            yield name, task_result(outcome, attempt, seconds)
+            yield name, task_result(outcome, attempts[name], seconds)
 
 
-def measure_pack(refs: SharedRefs, task_specs: list, task_datas: list, settings: list[FinetuneSettings],
-                 cpus: float, gpus: float = 0.0, work_steps: int | None = None) -> dict:
+def measure_pack(backbone, sequences, task_specs: list, task_datas: list, settings: list[FinetuneSettings],
+                 work_steps: int | None = None) -> dict:
     """The pack size for `--pack auto`, measured with this worker's threads and device:
     {"k", "reason", "samples_per_s"}."""
     from peterrec.finetune import measure_pack_size
 
-    device = worker_device(cpus, gpus)
-    choice = measure_pack_size(shared_backbone(refs, device), list(zip(task_specs, task_datas, settings)),
-                               shared_sequences(refs), work_steps=work_steps)
+    choice = measure_pack_size(backbone, list(zip(task_specs, task_datas, settings)), sequences,
+                               work_steps=work_steps)
     return {"k": choice.k, "reason": choice.reason,
             "samples_per_s": {str(k): round(v, 1) for k, v in choice.samples_per_s.items()}}
 

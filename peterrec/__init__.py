@@ -10,9 +10,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Backbone": "backbone", "user_representation": "backbone",
-    "BackboneConfig": "config", "PatchConfig": "config", "MODES": "config",
+    "BackboneConfig": "config", "PatchConfig": "config", "MODES": "modes", "Mode": "modes",
     "ParamReport": "efficiency", "param_report": "efficiency", "storage_for": "efficiency",
-    "TaskModel": "modes", "build_task_model": "modes",
+    "TaskModel": "task_model", "build_task_model": "task_model",
     "TaskPatches": "patches",
     "Progress": "training", "TrainConfig": "training", "TrainResult": "training", "pick_device": "training",
     "train": "training",

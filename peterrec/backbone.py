@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peterrec.config import BackboneConfig
+from peterrec.config import REPRESENTATIONS, BackboneConfig
 
 
 class BlockAdapter(Protocol):
@@ -105,4 +105,4 @@ def user_representation(hidden: torch.Tensor, causal: bool, how: str = "auto") -
         return hidden[:, 0] + hidden[:, -1]
     if how == "mean":
         return hidden.mean(dim=1)
-    raise ValueError(f"unknown user representation {how!r} (expected auto, last, first_last or mean)")
+    raise ValueError(f"unknown user representation {how!r} (expected one of {', '.join(REPRESENTATIONS)})")

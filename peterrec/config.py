@@ -5,8 +5,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 
-MODES = ("peterrec", "finecls", "finelast", "fineall", "peterzero")  # see modes.py
-PATCHED_MODES = ("peterrec", "peterzero")
+# Where a patch sits in a residual block (what each does: patches.PATCH_INPUT); a new kind is an entry here
+# and its function there.
+INSERTIONS = {
+    "serial": "patch each dilated conv's output: h + patch(h)",
+    "parallel": "patch beside each dilated conv, reading its input: h + patch(x)",
+}
+REPRESENTATIONS = {  # how the user vector is read off the hidden states (backbone.user_representation)
+    "auto": "the last position (causal) or first + last positions (non-causal)",
+    "last": "the last position",
+    "first_last": "the sum of the first and last positions",
+    "mean": "the mean over positions",
+}
 
 
 def _check(problems: list[str], owner: str) -> None:
@@ -72,8 +82,11 @@ class PatchConfig:
     """A model patch: x -> x + W_up(GELU(W_down(x))) with a C/ratio bottleneck."""
 
     bottleneck_ratio: int = 4  # bottleneck width = channels // ratio (paper: C/4)
-    cardinality: int = 1  # ResNeXt-style: that many parallel bottlenecks of width/cardinality, summed
-    insertion: str = "serial"  # "serial": on each conv's output; "parallel": beside each conv
+    # ResNeXt-style branches of width/cardinality, summed. A patch is per position (1x1), where the sum of
+    # the branches is one matmul over their concatenation: the same function as cardinality 1 of the same
+    # width, so cardinality changes nothing but a check that the width divides. Kept for the paper's configs.
+    cardinality: int = 1
+    insertion: str = "serial"  # a key of INSERTIONS
     train_layernorm2: bool = True  # the reference code also trains each block's second LayerNorm
     init_std: float = 1e-3  # W_up starts this small, so a fresh patch is near identity
 
@@ -83,8 +96,8 @@ class PatchConfig:
             problems.append(f"bottleneck_ratio must be >= 1 (got {self.bottleneck_ratio})")
         if self.cardinality < 1:
             problems.append(f"cardinality must be >= 1 (got {self.cardinality})")
-        if self.insertion not in ("serial", "parallel"):
-            problems.append(f"insertion must be 'serial' or 'parallel' (got {self.insertion!r})")
+        if self.insertion not in INSERTIONS:
+            problems.append(f"insertion must be one of {', '.join(INSERTIONS)} (got {self.insertion!r})")
         if self.init_std < 0:
             problems.append(f"init_std must be >= 0 (got {self.init_std})")
         _check(problems, "PatchConfig")

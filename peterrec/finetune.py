@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from peterrec.backbone import Backbone
-from peterrec.config import PatchConfig
+from peterrec.config import REPRESENTATIONS, PatchConfig
 from peterrec.efficiency import ParamReport, param_report
+from peterrec.modes import get_mode
 from peterrec.metrics import accuracy, parse_metric, rank_metrics_for, sample_negatives
-from peterrec.modes import TaskModel, build_task_model
+from peterrec.task_model import TaskModel, build_task_model
 from peterrec.training import Progress, TrainConfig, TrainResult, train
 
 EVAL_BATCH = 512
@@ -38,6 +39,15 @@ class FinetuneSettings:
                 "finelast_blocks": self.finelast_blocks, "representation": self.representation,
                 "eval_negatives": self.eval_negatives}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinetuneSettings":
+        """From to_dict()'s form (a job's state, a bundle entry's settings)."""
+        train_keys = {f.name for f in fields(TrainConfig)}
+        return cls(mode=d["mode"], patch=PatchConfig.from_dict(d["patch"]),
+                   train=TrainConfig(**{k: v for k, v in d["train"].items() if k in train_keys}),
+                   finelast_blocks=d["finelast_blocks"], representation=d["representation"],
+                   eval_negatives=d["eval_negatives"])
+
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 PATCH_KEYS = {f.name for f in fields(PatchConfig)}
@@ -53,6 +63,20 @@ def with_overrides(settings: FinetuneSettings, overrides: dict) -> FinetuneSetti
     pick = lambda keys: {k: v for k, v in overrides.items() if k in keys}  # noqa: E731
     return replace(settings, **pick(TOP_KEYS), patch=replace(settings.patch, **pick(PATCH_KEYS)),
                    train=replace(settings.train, **pick(TRAIN_KEYS)))
+
+
+def check_settings(settings: FinetuneSettings, backbone_config) -> None:
+    """ValueError naming the setting when these settings cannot make a task model over a backbone of this
+    shape (checked before any training starts)."""
+    mode = get_mode(settings.mode)
+    if mode.patched:
+        settings.patch.width(backbone_config.channels)
+    blocks = len(backbone_config.dilations)
+    if mode.trains == "last_blocks" and not 1 <= settings.finelast_blocks <= blocks:
+        raise ValueError(f"finelast_blocks must lie in 1..{blocks} (got {settings.finelast_blocks})")
+    if settings.representation not in REPRESENTATIONS:
+        raise ValueError(f"unknown representation {settings.representation!r} (expected one of "
+                         f"{', '.join(REPRESENTATIONS)})")
 
 
 def task_arrays(task_data, sequences, part: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,9 +193,7 @@ def finetune_task(backbone: Backbone, task_spec, task_data, sequences, settings:
 
 def packable(settings: FinetuneSettings) -> bool:
     """Whether a task with these settings (its overrides applied) can train in a fused pack."""
-    from peterrec.fused import PACKABLE_MODES
-
-    return settings.mode in PACKABLE_MODES
+    return get_mode(settings.mode).shares_backbone
 
 
 def finetune_pack(backbone: Backbone, members: list[tuple], sequences, device: torch.device | None = None,

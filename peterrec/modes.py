@@ -1,94 +1,82 @@
-"""Fine-tuning modes: which parts of a task model are trained, and which are shared and frozen.
+"""The fine-tuning modes: the one registry every other module reads (no torch here, so `--help` is fast).
 
-- peterrec:  patches (+ LayerNorm2 copies) + head over the shared, frozen pretrained backbone
-- finecls:   head only, over the shared frozen backbone
-- finelast:  own copy of the last k residual blocks + head
-- fineall:   own copy of the whole backbone + head (one full model per task)
-- peterzero: peterrec over a randomly initialised (never pretrained) frozen backbone
+A mode says where a task's backbone comes from and what the task trains on top of it; how that is
+wired into a model lives in task_model.py (one function per kind of training, UNFREEZE there).
+Adding a mode is one entry below (and, for a new kind of training, one function in task_model.py).
 """
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from peterrec.backbone import Backbone, user_representation
-from peterrec.config import MODES, PATCHED_MODES, PatchConfig
-from peterrec.heads import make_head
-from peterrec.patches import TaskPatches
-
-
-
-class TaskModel(nn.Module):
-    """A backbone (shared or owned), optional task patches and a task head."""
-
-    def __init__(self, backbone: Backbone, head: nn.Module, patches: TaskPatches | None, mode: str,
-                 representation: str = "auto"):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.patches = patches
-        self.mode = mode
-        self.representation = representation
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """items (B, L) -> user representation (B, C)."""
-        hidden = self.backbone(items, self.patches)
-        return user_representation(hidden, self.backbone.config.causal, self.representation)
-
-    def loss(self, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.head.loss(self(items), labels)
-
-    def scores(self, items: torch.Tensor) -> torch.Tensor:
-        """Class logits (classify) or scores over the whole target vocabulary (coldrec)."""
-        return self.head.scores(self(items))
-
-    def task_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything this task needs beyond the shared pretrained backbone."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        if self.mode == "peterzero":  # its random backbone is not the shared one
-            names |= {f"backbone.{n}" for n, _ in self.backbone.named_parameters()}
-        return {n: t.detach() for n, t in self.state_dict().items() if n in names}
-
-    def load_task_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.task_state_dict())
-        missing, unexpected = expected - set(state), set(state) - expected
-        if missing or unexpected:
-            raise KeyError(f"task state does not fit mode {self.mode!r}: missing {sorted(missing)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
-        with torch.no_grad():
-            current = self.state_dict()
-            for name, tensor in state.items():
-                if current[name].shape != tensor.shape:
-                    raise ValueError(f"task tensor {name}: shape {tuple(tensor.shape)}, expected "
-                                     f"{tuple(current[name].shape)}")
-                current[name].copy_(tensor)
+BACKBONES = {
+    "shared": "the frozen pretrained backbone, held once and shared by every task",
+    "copy": "a copy of the pretrained backbone of its own, partly or wholly trained",
+    "random": "a frozen, randomly initialised backbone of its own (never pretrained)",
+}
+TRAINS = {
+    "head": "the task head only",
+    "patches": "model patches in every residual block (+ each block's second LayerNorm) and the head",
+    "last_blocks": "the last k residual blocks (finelast_blocks) and the head",
+    "all": "every parameter and the head",
+}
 
 
-def build_task_model(backbone: Backbone, kind: str, num_outputs: int, mode: str = "peterrec",
-                     patch_config: PatchConfig | None = None, finelast_blocks: int = 1,
-                     representation: str = "auto", seed: int = 0) -> TaskModel:
-    """Wire a task model around `backbone` for `mode`; the shared backbone is never modified."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
-    torch.manual_seed(seed)  # patch and head initialisation are repeatable
-    if mode in ("fineall", "finelast"):
-        backbone = copy.deepcopy(backbone)  # these baselines train their own copy
-    elif mode == "peterzero":
-        backbone = Backbone(backbone.config).to(next(backbone.parameters()).device)
-    backbone.requires_grad_(False)
-    if mode == "fineall":
-        backbone.requires_grad_(True)
-    elif mode == "finelast":
-        if not 1 <= finelast_blocks <= len(backbone.blocks):
-            raise ValueError(f"finelast_blocks must lie in 1..{len(backbone.blocks)} (got {finelast_blocks})")
-        for block in backbone.blocks[-finelast_blocks:]:
-            block.requires_grad_(True)
-    patches = None
-    if mode in PATCHED_MODES:
-        patches = TaskPatches(backbone, patch_config or PatchConfig())
-    device = next(backbone.parameters()).device
-    head = make_head(kind, backbone.config.channels, num_outputs)
-    return TaskModel(backbone, head, patches, mode, representation).to(device)
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    label: str  # as the paper's tables name it
+    help: str  # one line for --help, the TUI and the docs
+    backbone: str  # a key of BACKBONES
+    trains: str  # a key of TRAINS
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES or self.trains not in TRAINS:
+            raise ValueError(f"mode {self.name!r}: backbone must be one of {list(BACKBONES)} and trains one of "
+                             f"{list(TRAINS)} (got {self.backbone!r}, {self.trains!r})")
+
+    @property
+    def patched(self) -> bool:
+        """Whether the task trains model patches (PatchConfig applies)."""
+        return self.trains == "patches"
+
+    @property
+    def shares_backbone(self) -> bool:
+        """Whether the task runs over the one shared backbone object: such tasks can train in one fused
+        pass (peterrec.fused) and are stored as a patch set only."""
+        return self.backbone == "shared"
+
+    @property
+    def needs_shared_backbone(self) -> bool:
+        """Whether the task reads the shared pretrained backbone when it runs: over it, or from its frozen
+        part (finelast); not with a whole backbone of its own (a trained copy of all of it, or random)."""
+        return self.backbone == "shared" or (self.backbone == "copy" and self.trains != "all")
+
+    @property
+    def stores_backbone(self) -> bool:
+        """Whether its bundle entry holds a whole backbone of its own besides what it trains."""
+        return self.backbone == "random"
+
+
+MODES: dict[str, Mode] = {m.name: m for m in (
+    Mode("peterrec", "PeterRec", "patches in every block + head over the shared frozen backbone", "shared", "patches"),
+    Mode("finecls", "FineCLS", "the head only, over the shared frozen backbone", "shared", "head"),
+    Mode("finelast", "FineLast", "a trained copy of the last k blocks + head", "copy", "last_blocks"),
+    Mode("fineall", "FineAll", "a trained copy of the whole backbone + head (one full model per task)", "copy", "all"),
+    Mode("peterzero", "PeterZero", "PeterRec's patches over a random, never pretrained backbone", "random", "patches"),
+)}
+MODE_NAMES = tuple(MODES)
+PATCHED_MODES = tuple(m.name for m in MODES.values() if m.patched)
+PACKABLE_MODES = tuple(m.name for m in MODES.values() if m.shares_backbone)
+
+
+def get_mode(name: str) -> Mode:
+    """The Mode called `name` (ValueError listing the known ones otherwise)."""
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r} (expected one of {', '.join(MODES)})")
+    return MODES[name]
+
+
+def modes_help() -> str:
+    """One line per mode, for --help texts."""
+    return "; ".join(f"{m.name}: {m.help}" for m in MODES.values())

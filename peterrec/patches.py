@@ -37,12 +37,20 @@ class Patch(nn.Module):
         return self.up(F.gelu(self.down(x)))  # (B, L, C)
 
 
+# What a patch reads, per insertion kind (config.INSERTIONS): the conv's output (serial) or its input
+# (parallel). The patch's output is always added to the conv's output.
+PATCH_INPUT = {
+    "serial": lambda conv_in, conv_out: conv_out,
+    "parallel": lambda conv_in, conv_out: conv_in,
+}
+
+
 class BlockPatches(nn.Module):
     """The two patches (and optional LayerNorm2) of one residual block; a BlockAdapter."""
 
     def __init__(self, channels: int, config: PatchConfig, layer_norm2: nn.LayerNorm):
         super().__init__()
-        self.serial = config.insertion == "serial"
+        self.read = PATCH_INPUT[config.insertion]
         self.patch1 = Patch(channels, config)
         self.patch2 = Patch(channels, config)
         self.ln2 = copy.deepcopy(layer_norm2) if config.train_layernorm2 else None
@@ -51,7 +59,7 @@ class BlockPatches(nn.Module):
 
     def conv(self, which: int, conv_in: torch.Tensor, conv_out: torch.Tensor) -> torch.Tensor:
         patch = self.patch1 if which == 0 else self.patch2
-        return conv_out + patch(conv_out if self.serial else conv_in)
+        return conv_out + patch(self.read(conv_in, conv_out))
 
     def norm2(self, h: torch.Tensor, layer_norm: nn.LayerNorm) -> torch.Tensor:
         return (self.ln2 or layer_norm)(h)

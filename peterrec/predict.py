@@ -1,6 +1,6 @@
 """Inference over one loaded backbone with any number of task patch sets from a bundle.
 
-    backbone, _ = load_backbone("runs/demo/pretrain")
+    backbone, _ = load_backbone("runs/demo/backbone")
     predictor = MultiTaskPredictor(backbone, open_bundle("runs/demo/job"))
     rows = predictor.predict(items, ["gender", "coldrec_0", "gender"])  # one task per row
 
@@ -15,7 +15,7 @@ import torch
 
 from peterrec.backbone import Backbone
 from peterrec.bundle import Bundle
-from peterrec.fused_infer import predict_mixed
+from peterrec.fused.infer import predict_mixed
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -56,13 +56,54 @@ class PretrainOutcome:
     result: TrainResult
     valid_loss_before: float
     valid_loss_after: float
+    examples: int = 0  # training sequences (or windows of them)
+    curve: list[dict] = field(default_factory=list)  # per epoch, with `patience`: train and valid loss
+
+    @property
+    def best_epoch(self) -> int | None:
+        return min(self.curve, key=lambda c: c["valid_loss"])["epoch"] if self.curve else None
+
+    def info(self, train_config: TrainConfig, sampled_softmax: int = 0, **extra) -> dict:
+        """What a checkpoint's config.json records of this pretraining."""
+        cfg = self.backbone.config
+        return {"pretraining": {
+            "objective": "next-item" if cfg.causal else "cloze", "sampled_softmax": sampled_softmax,
+            "train": train_config.to_dict(), "steps": self.result.steps, "examples": self.examples,
+            "seconds": self.result.seconds, "valid_loss_before": self.valid_loss_before,
+            "valid_loss_after": self.valid_loss_after, "curve": self.curve, "best_epoch": self.best_epoch,
+            **extra}}
+
+
+def window_arrays(sequences, rows: np.ndarray, width: int, step: int) -> np.ndarray:
+    """Left-padded (N, width) windows over the given rows' sequences, cut from the most recent item back
+    every `step` items, so the whole history is trained on and not only its latest `width` items.
+    Windows with fewer than 2 items (nothing to predict from) are dropped."""
+    starts, ends = [], []
+    for row in np.asarray(rows, dtype=np.int64):
+        first, last = int(sequences.offsets[row]), int(sequences.offsets[row + 1])
+        for end in range(last, first + 1, -step):
+            starts.append(max(first, end - width))
+            ends.append(end)
+    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    kept = ends - starts  # (N,) items per window, at most width
+    column = np.arange(width)  # (W,)
+    filled = column[None, :] >= (width - kept)[:, None]  # (N, W): True where an item goes
+    source = ends[:, None] - width + column[None, :]  # (N, W): flat index of that item
+    out = np.zeros((len(ends), width), dtype=np.int64)
+    out[filled] = sequences.items[source[filled]]
+    return out
 
 
 def pretrain(sequences, config: BackboneConfig, train_config: TrainConfig, sampled_softmax: int = 0,
              device: torch.device | None = None, valid_fraction: float = 0.05,
              on_progress: Callable[[Progress], bool | None] | None = None,
-             backbone: Backbone | None = None) -> PretrainOutcome:
-    """Pretrain (or continue pretraining `backbone`) on every user's sequence but a validation share."""
+             backbone: Backbone | None = None, windows: bool = False, patience: int | None = None) -> PretrainOutcome:
+    """Pretrain (or continue pretraining `backbone`) on every user's sequence but a validation share.
+
+    windows: train on every window of each history (pretrain_arrays' width, cut every max_len items: a
+    causal window overlaps the next by the one item it predicts), not only on its latest max_len items.
+    patience: measure the validation loss after every epoch, keep the weights of the best epoch and stop
+    once `patience` epochs in a row have not beaten it; None trains every epoch without validating."""
     if sequences.vocab_size > config.vocab_size:
         raise ValueError(f"the sequences use a vocabulary of {sequences.vocab_size} items but the backbone "
                          f"has vocab_size {config.vocab_size}")
@@ -71,9 +112,26 @@ def pretrain(sequences, config: BackboneConfig, train_config: TrainConfig, sampl
     backbone = (backbone or Backbone(config)).to(device)
     objective = make_objective(backbone, sampled_softmax).to(device)
     train_rows, valid_rows = split_users(len(sequences), valid_fraction, train_config.seed)
-    valid_items = pretrain_arrays(sequences, config, valid_rows)
+    valid_items = pretrain_arrays(sequences, config, valid_rows)  # the latest window of held-out users
+    if windows:
+        train_items = window_arrays(sequences, train_rows, valid_items.shape[1], config.max_len)
+    else:
+        train_items = pretrain_arrays(sequences, config, train_rows)
     before = mean_loss(objective, valid_items, device)
-    result = train(objective, (pretrain_arrays(sequences, config, train_rows),), train_config, device,
-                   on_progress=on_progress)
+    best = {"loss": float("inf"), "epoch": 0}
+
+    def validate() -> float:  # the loop maximises its metric: the negated validation loss
+        return -mean_loss(objective, valid_items, device)
+
+    def stop_when_flat(progress: Progress) -> bool:
+        if -progress.metric < best["loss"]:
+            best.update(loss=-progress.metric, epoch=progress.epoch)
+        return progress.epoch - best["epoch"] >= patience
+
+    watch = patience is not None
+    result = train(objective, (train_items,), train_config, device, evaluate=validate if watch else None,
+                   on_progress=on_progress, on_epoch_end=stop_when_flat if watch else None)
     after = mean_loss(objective, valid_items, device)
-    return PretrainOutcome(backbone, objective, result, before, after)
+    curve = [{"epoch": h["epoch"] + 1, "step": h["step"], "train_loss": h["loss"], "valid_loss": -h["metric"]}
+             for h in result.history]
+    return PretrainOutcome(backbone, objective, result, before, after, len(train_items), curve)

@@ -1,7 +1,9 @@
-"""Atomic output directories: build everything in a temporary sibling, rename into place at the end."""
+"""Atomic outputs, the one place they are made: a file or a directory is built in a temporary sibling and
+renamed into place at the end, so nothing half-written is ever visible and a failure leaves the old one."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -63,10 +65,19 @@ def staged_file(out: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_text_atomic(out: str | Path, text: str) -> None:
-    """Replace `out` with `text` through staged_file."""
-    with staged_file(out) as staging:
-        staging.write_text(text, encoding="utf-8")
+def write_text_atomic(out: str | Path, text: str, *, sync: bool = False) -> None:
+    """Replace `out` with `text` through staged_file; `sync`: flushed to disk before the rename (what must
+    survive a power cut, such as a bundle's index)."""
+    with staged_file(out) as staging, open(staging, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_json_atomic(out: str | Path, document, *, sync: bool = True) -> None:
+    """Replace `out` with `document` as strict JSON (NaN refused), indented, synced to disk."""
+    write_text_atomic(out, json.dumps(document, indent=2, allow_nan=False) + "\n", sync=sync)
 
 
 def _replace(staging: Path, out: Path) -> None:

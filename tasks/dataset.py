@@ -44,12 +44,12 @@ def finetune_command(out: str | Path) -> str:
     """The command that fine-tunes on a data directory, for the spec header."""
     name = Path(out).absolute().name
     spec = Path(out) / SPEC_NAME
-    return f"python cli.py finetune --backbone runs/{name}/pretrain --tasks {spec.as_posix()} --out runs/{name}/job"
+    return f"python cli.py finetune --backbone runs/{name}/backbone --tasks {spec.as_posix()} --out runs/{name}/job"
 
 
 def pretrain_command(out: str | Path) -> str:
     """The command that pretrains the backbone the fine-tuning command expects."""
-    return f"python cli.py pretrain --data {Path(out).as_posix()} --out runs/{Path(out).absolute().name}/pretrain"
+    return f"python cli.py pretrain --data {Path(out).as_posix()} --out runs/{Path(out).absolute().name}/backbone"
 
 
 def write_dataset(

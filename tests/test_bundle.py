@@ -20,16 +20,16 @@ from safetensors import safe_open
 
 import cli
 from peterrec import Backbone, BackboneConfig, PatchConfig, build_task_model
-from peterrec import bundle as bundle_module
+from peterrec.bundle import reader as bundle_module  # where backbone_fingerprint hashes
 from peterrec.bundle import BundleError, backbone_fingerprint, open_bundle, write_task
 from peterrec.checkpoint import save_checkpoint
 from peterrec.finetune import FinetuneSettings
+from peterrec.modes import MODE_NAMES, PATCHED_MODES
 from peterrec.predict import MultiTaskPredictor
 
 CONFIG = BackboneConfig(vocab_size=40, channels=8, dilations=(1, 2), max_len=8)
 # (mode, insertion): every fine-tuning mode, both patch insertions
-MODE_CASES = [("peterrec", "serial"), ("peterrec", "parallel"), ("finecls", "serial"), ("finelast", "serial"),
-              ("fineall", "serial"), ("peterzero", "serial")]
+MODE_CASES = [(m, "serial") for m in MODE_NAMES] + [(m, "parallel") for m in PATCHED_MODES]  # from the registry
 KINDS = {"classify": 3, "coldrec": 11}
 
 

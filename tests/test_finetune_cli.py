@@ -12,7 +12,7 @@ import pytest
 
 import cli
 from orchestrator.results import read_results
-from test_orchestrator import finetune_args, make_world, task_names
+from support import finetune_args, make_world, task_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,12 +25,12 @@ def world(tmp_path_factory):
 @pytest.fixture
 def no_ray(monkeypatch):
     """Fail the test if the command tries to start or join a cluster."""
-    import orchestrator.job
+    import orchestrator.executors
 
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started before the inputs were checked")
 
-    monkeypatch.setattr(orchestrator.job, "connect", refuse)
+    monkeypatch.setattr(orchestrator.executors, "connect", refuse)
 
 
 def copy_data(world, tmp_path) -> Path:
@@ -137,7 +137,7 @@ def test_help_lists_the_cluster_flags():
 def test_rich_display_shows_the_top_rows_of_a_big_job():
     from rich.console import Console
 
-    from orchestrator.display import RichDisplay
+    from tui.console import RichDisplay
     from orchestrator.state import JobState, TaskState
 
     state = JobState("job", status="running")

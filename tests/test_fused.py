@@ -15,7 +15,7 @@ from peterrec.backbone import Backbone
 from peterrec.config import BackboneConfig, PatchConfig
 from peterrec.fused import (PackChoice, PackedPatches, PackTask, check_packable, choose_pack_size,
                             predict_mixed, train_pack)
-from peterrec.modes import build_task_model
+from peterrec.task_model import build_task_model
 from peterrec.training import TrainConfig, train
 
 VOCAB, LENGTH, CHANNELS = 40, 10, 16

@@ -5,9 +5,7 @@ Ray is started once for the module (2 CPUs, small object store) and reused by ev
 multi-node and driver-kill scenarios, which need their own clusters, are in test_orchestrator_cluster.py.
 """
 
-import hashlib
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,64 +15,20 @@ import torch
 
 import cli
 from orchestrator.results import read_results
-
-SIZES = {"tasks": 5, "users": 200, "items": 60, "max_len": 20}
-
-
-def make_world(root: Path, seed: int = 3, **sizes) -> tuple[Path, Path]:
-    """(spec path, backbone checkpoint) of a tiny synthetic world with a random 16-channel, 2-block backbone."""
-    from peterrec import Backbone, BackboneConfig
-    from peterrec.checkpoint import save_checkpoint
-    from tasks.synth import synthesize
-
-    sizes = {**SIZES, **sizes}
-    spec = synthesize(root / "data", seed=seed, **sizes)
-    torch.manual_seed(seed)
-    backbone = Backbone(BackboneConfig(vocab_size=sizes["items"] + 1, channels=16, dilations=(1, 2),
-                                       max_len=sizes["max_len"]))
-    save_checkpoint(root / "backbone", backbone)
-    return spec, root / "backbone"
+from support import assert_same_weights, bundle_hashes, finetune_args, make_world, task_names, wait_for
 
 
-def finetune_args(spec, backbone, out, *extra, steps: int = 6) -> list[str]:
-    return ["finetune", "--backbone", str(backbone), "--tasks", str(spec), "--out", str(out),
-            "--max-steps", str(steps), "--epochs", "1", "--batch-size", "32", "--ui", "plain",
-            "--num-cpus", "2", "--object-store-mb", "100", *map(str, extra)]
 
 
-def task_names(spec) -> list[str]:
-    from tasks import load_spec
-
-    return [t.name for t in load_spec(spec).tasks]
 
 
-def bundle_hashes(job_dir: Path) -> dict[str, str]:
-    """SHA-256 over every file (name and bytes) of each task directory of JOB_DIR/bundle."""
-    out = {}
-    for folder in sorted((Path(job_dir) / "bundle" / "tasks").iterdir()):
-        digest = hashlib.sha256()
-        for path in sorted(folder.rglob("*")):
-            digest.update(path.name.encode() + path.read_bytes())
-        out[folder.name] = digest.hexdigest()
-    return out
 
 
-def assert_same_weights(job_a: Path, job_b: Path, names: list[str]) -> None:
-    """The two jobs' bundles hold the same trained tensors for these tasks (up to float reassociation)."""
-    from safetensors.torch import load_file
-
-    for name in names:
-        a, b = (load_file(str(job / "bundle" / "tasks" / name / "adapter_model.safetensors")) for job in (job_a, job_b))
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
-def wait_for(condition, timeout: float = 60.0, poll: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(poll)
+
+
+
 
 
 @pytest.fixture(scope="module")
@@ -182,14 +136,17 @@ def test_failing_task_is_retried_then_recorded_without_stopping_others(world, ra
 def endless_job(world, out: Path, **options):
     """(job, the thread running it, its three task names) of a job of three tasks that train until
     stopped; stopped and joined at the end of the block, whatever the test did."""
-    from commands.finetune import settings_from
+    from commands._flags import settings_from_args
     from orchestrator.job import FinetuneJob, JobOptions
-    from orchestrator.plan import plan_job
+    from orchestrator.plan import plan_for
+    from orchestrator.settings import JobSettings
 
     spec, backbone_dir = world
     args = cli.build_parser().parse_args(finetune_args(spec, backbone_dir, out, steps=100_000) + ["--epochs", "10000"])
     names = task_names(spec)[:3]
-    plan = plan_job(spec, backbone_dir, out, settings_from(args), [",".join(names)])
+    settings = settings_from_args(JobSettings, args)
+    settings.only = [",".join(names)]
+    plan = plan_for(settings)
     job = FinetuneJob(plan, JobOptions(cpus_per_task=1, retries=0, **options))
     runner = threading.Thread(target=job.run)
     runner.start()

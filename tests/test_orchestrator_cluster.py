@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_orchestrator import bundle_hashes, finetune_args, make_world, task_names, wait_for  # noqa: E402
+from support import bundle_hashes, finetune_args, make_world, task_names, wait_for  # noqa: E402
 
 MB = 1024 * 1024
 # Long enough (seconds per task) that the node is surely removed while its task or pack still trains.
@@ -33,9 +33,10 @@ def remove_node_scenario(spec: str, backbone: str, out: str, pack: str = "1") ->
     import ray
     from ray.cluster_utils import Cluster
 
-    from commands.finetune import settings_from
+    from commands._flags import settings_from_args
     from orchestrator.job import FinetuneJob, JobOptions
-    from orchestrator.plan import plan_job
+    from orchestrator.plan import plan_for
+    from orchestrator.settings import JobSettings
     from orchestrator.results import read_results
 
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -49,7 +50,7 @@ def remove_node_scenario(spec: str, backbone: str, out: str, pack: str = "1") ->
         import cli
 
         args = cli.build_parser().parse_args(finetune_args(spec, backbone, out, steps=STEPS) + ["--epochs", "1000"])
-        plan = plan_job(spec, backbone, out, settings_from(args))
+        plan = plan_for(settings_from_args(JobSettings, args))
         job = FinetuneJob(plan, JobOptions(cpus_per_task=1, retries=2, pack=pack))
         removed = {}
 

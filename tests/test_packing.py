@@ -5,9 +5,10 @@ from types import SimpleNamespace
 import pytest
 
 import cli
-from orchestrator.packing import parse_pack, plan_units
+from orchestrator.packing import plan_units
+from orchestrator.settings import parse_pack
 from orchestrator.results import read_results
-from test_orchestrator import finetune_args, make_world, task_names
+from support import finetune_args, make_world, task_names
 
 
 def settings(mode="peterrec", bf16=False):
@@ -23,20 +24,20 @@ def test_parse_pack():
 
 def test_without_packing_every_task_runs_alone_in_spec_order():
     names = ["a", "b", "c"]
-    units = plan_units(names, {n: settings() for n in names}, {"a": 1, "b": 9, "c": 5}, k=1, slots=4, retries=2)
-    assert [u.names for u in units] == [["a"], ["b"], ["c"]] and all(u.retries == 2 for u in units)
+    units = plan_units(names, {n: settings() for n in names}, {"a": 1, "b": 9, "c": 5}, k=1, slots=4)
+    assert [u.names for u in units] == [["a"], ["b"], ["c"]]
 
 
 def test_packs_are_balanced_and_never_leave_slots_idle():
     names = [f"t{i:02d}" for i in range(20)]
     steps = {n: 10 for n in names}
     # 20 tasks, K=16, 2 slots: two packs of 10 (not 16 + 4, nor one pack and an idle slot).
-    units = plan_units(names, {n: settings() for n in names}, steps, k=16, slots=2, retries=2)
+    units = plan_units(names, {n: settings() for n in names}, steps, k=16, slots=2)
     assert sorted(len(u.names) for u in units) == [10, 10]
     # 20 tasks, K=4, 2 slots: five packs of 4.
-    assert [len(u.names) for u in plan_units(names, {n: settings() for n in names}, steps, 4, 2, 2)] == [4] * 5
+    assert [len(u.names) for u in plan_units(names, {n: settings() for n in names}, steps, 4, 2)] == [4] * 5
     # 20 tasks, K=16, 8 slots: 7 packs of 2-3, every slot busy.
-    sizes = [len(u.names) for u in plan_units(names, {n: settings() for n in names}, steps, 16, 8, 2)]
+    sizes = [len(u.names) for u in plan_units(names, {n: settings() for n in names}, steps, 16, 8)]
     assert len(sizes) == 7 and set(sizes) == {2, 3} and sum(sizes) == 20
 
 
@@ -44,7 +45,7 @@ def test_unpackable_tasks_run_alone_and_bf16_is_not_mixed():
     cfg = {"p1": settings(), "p2": settings(), "all": settings("fineall"), "b1": settings(bf16=True),
            "b2": settings(bf16=True), "zero": settings("peterzero"), "cls": settings("finecls")}
     steps = {"p1": 5, "p2": 50, "all": 20, "b1": 7, "b2": 8, "zero": 1, "cls": 30}
-    units = plan_units(list(cfg), cfg, steps, k=8, slots=1, retries=2)
+    units = plan_units(list(cfg), cfg, steps, k=8, slots=1)
     assert [u.names for u in units] == [["p2", "cls", "p1"], ["all"], ["b2", "b1"], ["zero"]]  # longest first
     assert {n for u in units if u.packed for n in u.names} == {"p1", "p2", "cls", "b1", "b2"}
 

@@ -104,7 +104,7 @@ def test_coldrec_top_k_from_the_paper_csv(job, tmp_path, suffix):
     assert [r["top_items"] for r in rows] == top.indices.tolist()
     assert torch.equal(torch.tensor([r["top_scores"] for r in rows], dtype=torch.float32), top.values)
     assert [r["top_raw_ids"] for r in rows] == [[TARGETS[i] for i in row] for row in top.indices.tolist()]
-    assert rows[0]["user_id"] == "1" and rows[0]["targets"] == ["100", "101"]
+    assert rows[0]["user_id"] == "u0" and rows[0]["targets"] == ["100", "101"]  # named as `import` names them
 
 
 def test_raw_ids_through_an_items_mapping_match_dense_ids(job, tmp_path):
@@ -134,11 +134,11 @@ def _write(path, text):
 BAD_INPUTS = {
     # case: (input file maker, extra args, task, phrases the error must contain)
     "csv_not_an_integer": (lambda d: _write(d / "bad.csv", "1,2,3\n4,x,6\n"), [], "gender",
-                           ["bad.csv: line 2, field 's2'", "not an integer"]),
+                           ["bad.csv: line 2, field 'source[1]'", "not an integer"]),
     "csv_outside_vocab": (lambda d: _write(d / "raw.csv", "1,2,76920\n"), [], "gender",
-                          ["raw.csv: line 1, field 's3'", "--items"]),
+                          ["raw.csv: line 1, field 'source[2]'", "--items"]),
     "csv_unknown_raw_id": (lambda d: _write(d / "raw.csv", "r1,r2\nr3,zz\n"), ["--items", "{root}/items.parquet"],
-                           "gender", ["raw.csv: line 2, field 's2'", "'zz'"]),
+                           "gender", ["raw.csv: line 2, field 'source[1]'", "'zz'"]),
     "csv_only_padding": (lambda d: _write(d / "pad.csv", "0,0,0,,5\n"), [], "gender", ["pad.csv: line 1"]),
     "task_table_without_sequences": (lambda d: d.parent / "data/tasks/gender.parquet", [], "gender",
                                      ["gender.parquet", "--sequences"]),

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 import cli
-from orchestrator.pretrain_ray import RUN_NAME, SETTINGS_FILE, default_storage, prepare_storage, rank_rows
-from orchestrator.pretrain_state import OPTIMIZER_FILE, STATE_FILE, load_train_state, save_train_state
+from orchestrator.pretrain.ray_train import RUN_NAME, SETTINGS_FILE, default_storage, prepare_storage, rank_rows
+from orchestrator.pretrain.state import OPTIMIZER_FILE, STATE_FILE, load_train_state, save_train_state
 from peterrec.checkpoint import fingerprint, load_backbone
 
 # 190 training users, 95 per worker, 32 / 2 = 16 per worker and step: 6 steps per epoch.
@@ -143,7 +143,7 @@ def tiny_objective():
 def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
     """Stopped after epoch 1, saved (weights + optimizer), loaded into fresh objects, trained on: the
     same weights as two epochs in one go (the next-item objective is deterministic)."""
-    from orchestrator.pretrain_state import load_weights
+    from orchestrator.pretrain.state import load_weights
     from peterrec.training import TrainConfig, make_optimizer, train
 
     items = np.random.default_rng(0).integers(1, 30, size=(40, 11))

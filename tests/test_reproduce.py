@@ -7,8 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import cli
-from orchestrator.reproduce import METHODS, Cell, ReproduceConfig, grid_cells, method, prepare_out
-from orchestrator.report import arch_table, select_lrs, table_markdown, tradeoff_plot
+from reproduce.grid import METHODS, Cell, ReproduceConfig, grid_cells, method
+from reproduce.pipeline import prepare_out
+from reproduce.report import arch_table, select_lrs, table_markdown, tradeoff_plot
 
 ML100K = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ml-100k").resolve()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

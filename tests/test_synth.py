@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +33,6 @@ def test_same_seed_same_files(tmp_path):
         if name != "tasks.toml":  # its header names the output folder
             assert a[name] == b[name], name
     assert a["source/sequences.parquet"] != c["source/sequences.parquet"]
-
-
-def test_tiny_world_is_fast(tmp_path):
-    synthesize(tmp_path / "warm", tasks=1, users=20, items=10)  # first-use imports of pyarrow modules
-    started = time.perf_counter()
-    synthesize(tmp_path / "data", tasks=4, users=200, items=100, seed=0)
-    assert time.perf_counter() - started < 1.0
 
 
 def test_kind_mix_and_shapes(world):

@@ -71,7 +71,7 @@ def test_files_carry_the_explicit_schemas(written):
 
 def test_spec_header_carries_the_command_and_paths_are_relative(written):
     text = written.read_text()
-    assert text.splitlines()[0].startswith("# Run: python cli.py finetune --backbone runs/data/pretrain --tasks ")
+    assert text.splitlines()[0].startswith("# Run: python cli.py finetune --backbone runs/data/backbone --tasks ")
     assert 'sequences = "source/sequences.parquet"' in text
     assert 'data = "tasks/gender.parquet"' in text
 

@@ -9,105 +9,28 @@ test_tui_snapshots.py show. Waits have generous timeouts as a safety net; nothin
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from pathlib import Path
-
 import pytest
 import torch
 
-from orchestrator import state as st
-from orchestrator.results import read_results, write_results
-from orchestrator.state import JobState, TaskState
-
-TIMEOUT_S = 600.0
+from orchestrator.results import read_results
+from peterrec.modes import MODE_NAMES
+from support import in_loop, review_job, settled, table_rows, text_of, until, write_trials
 
 
-def in_loop(test):
-    """Run an async test in its own event loop (the project has no pytest asyncio plugin)."""
 
-    @functools.wraps(test)
-    def run(*args, **kwargs):
-        return asyncio.run(test(*args, **kwargs))
-
-    return run
 
 
 # A finished job from fixed numbers ------------------------------------------------------------------------
 
 
-def review_job(root: Path, tasks: int = 100, failed: tuple[int, ...] = (6, 42, 88)) -> Path:
-    """JOB_DIR with state.json and results.parquet of a finished job: every number fixed, no spec or
-    backbone on disk (the UI must get by with what results.parquet says)."""
-    job_dir = root / "job"
-    job_dir.mkdir(parents=True)
-    state = JobState("runs/demo/job", status=st.JOB_DONE, mode="peterrec", spec="", backbone="", pid=None,
-                     host=None, address="127.0.0.1:6379", cluster={"nodes": 2, "cpus": 16.0, "gpus": 1.0,
-                                                                   "node_ips": ["10.0.0.1", "10.0.0.2"]},
-                     resources={"cpus_per_task": 1.0, "gpus_per_task": 0.125, "max_concurrent": 0, "retries": 2},
-                     timings={"ray_ready": 3.5, "first_start": 5.0, "first_progress": 6.0, "finished": 725.0},
-                     started_at=1_700_000_000.0, updated_at=1_700_000_725.0)
-    rows = []
-    backbone_params = 1_284_864
-    for i in range(tasks):
-        coldrec = i % 4 == 3
-        name = f"{'coldrec' if coldrec else 'profile'}_{i:03d}"
-        kind, metric = ("coldrec", "mrr@5") if coldrec else ("classify", "accuracy")
-        total = 40 + i % 5 * 10
-        history = [[s, round(1.5 / (1 + 0.05 * s) + 0.01 * (s % 3), 4), round(0.2 + 0.004 * s, 4)]
-                   for s in range(5, total + 1, 5)]
-        task = TaskState(name, kind, metric, step=total, total=total, epoch=2, loss=history[-1][1],
-                         metric=history[-1][2], samples_per_s=1000.0 + i, attempts=1, node="10.0.0.1",
-                         pid=1000 + i, started_at=1_700_000_010.0 + i, updated_at=1_700_000_100.0 + i,
-                         seconds=60.0 + i, history=history)
-        trained = 5_000 + (40_000 if coldrec else 0) + i
-        if i in failed:
-            task.status, task.error, task.attempts = st.FAILED, f"InjectedFailure: task {name} failed", 3
-            task.step, task.history = total // 2, history[: len(history) // 2]
-            rows.append({"task": name, "kind": kind, "mode": "peterrec", "status": "failed", "metric": metric,
-                         "seconds": 30.0, "attempts": 3, "error": task.error})
-        else:
-            task.status, task.value = st.DONE, round(0.5 + i / 1000, 4)
-            rows.append({"task": name, "kind": kind, "mode": "peterrec", "status": "done", "metric": metric,
-                         "value": task.value, "trained_params": trained, "backbone_params": backbone_params,
-                         "ratio_vs_fineall": 100.0 * trained / (backbone_params + trained - 4_000),
-                         "seconds": task.seconds, "attempts": 1, "error": None})
-        state.tasks[name] = task
-    st.write_state(job_dir, state)
-    write_results(job_dir, rows)
-    return job_dir
 
 
-async def until(pilot, condition, what: str, timeout: float = TIMEOUT_S) -> None:
-    """Let the app run until `condition()` holds (a safety-net timeout, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"gave up waiting for {what}"
-        await pilot.pause(0.1)
 
 
-async def settled(pilot) -> None:
-    """Wait until the app shows the final state of its job."""
-    app = pilot.app
-    await until(pilot, lambda: app.view is not None and app.view.final, "the job's final state")
-    await until(pilot, lambda: app.screen.query("#tasks") and app.screen.query_one("#tasks").row_count, "the rows")
-    await pilot.pause(0.2)  # let the layout settle (heights of the header panels) before anyone looks
 
 
-def table_rows(app) -> dict[str, dict[str, str]]:
-    """The task table as {task: {column: plain text}} (the DataTable's own cells, in table order)."""
-    table = app.screen.query_one("#tasks")
-    keys = [c.key.value for c in table.ordered_columns]
-    out = {}
-    for row in table.ordered_rows:
-        cells = table.get_row(row.key)
-        out[row.key.value] = {k: str(getattr(c, "plain", c)) for k, c in zip(keys, cells)}
-    return out
 
 
-def text_of(app, selector: str) -> str:
-    return str(app.screen.query_one(selector).render())
 
 
 # Reviewing a finished job (no Ray) ----------------------------------------------------------------------
@@ -231,42 +154,48 @@ def world(tmp_path_factory):
     return spec, root / "backbone"
 
 
-@pytest.mark.parametrize("mode", ["peterrec", "finecls", "finelast", "fineall", "peterzero"])
+@pytest.mark.parametrize("mode", MODE_NAMES)
 def test_budget_on_the_meta_device_matches_real_models(world, mode):
+    from orchestrator.client import plan_tasks
     from peterrec.checkpoint import load_backbone
     from peterrec.efficiency import param_report, storage_for
     from peterrec.finetune import FinetuneSettings
-    from peterrec.modes import build_task_model
+    from peterrec.task_model import build_task_model
     from tasks import load_spec
-    from tui.budget import compute_budget
 
     spec, backbone_dir = world
-    budget = compute_budget(backbone_dir, spec.parent, FinetuneSettings(mode=mode))  # a data folder works too
+    budget = plan_tasks(backbone_dir, spec.parent, FinetuneSettings(mode=mode))  # a data folder works too
     backbone, _ = load_backbone(backbone_dir)
     reports = [param_report(build_task_model(backbone, t.kind, t.num_outputs, mode)) for t in load_spec(spec).tasks]
-    assert [(b.trained, b.stored, b.fineall) for b in budget.tasks.values()] == \
+    assert [(b.trained_params, b.stored_params, b.fineall_params) for b in budget.tasks.values()] == \
         [(r.trained_params, r.stored_params, r.fineall_params) for r in reports]
-    assert [round(b.ratio, 6) for b in budget.tasks.values()] == [round(r.ratio_vs_fineall, 6) for r in reports]
-    storage = storage_for(backbone, [r.stored_params for r in reports], [r.fineall_params for r in reports])
-    totals = budget.totals()
-    assert (totals["shared"], totals["full"]) == (storage.shared_params, storage.full_copies_params)
+    assert [round(b.ratio_vs_fineall, 6) for b in budget.tasks.values()] == \
+        [round(r.ratio_vs_fineall, 6) for r in reports]
+    storage = storage_for(backbone, [r.stored_params for r in reports], [r.fineall_params for r in reports],
+                          [r.mode for r in reports])
+    totals = budget.storage()
+    assert (totals.shared_params, totals.full_copies_params) == (storage.shared_params, storage.full_copies_params)
 
 
 def test_launcher_fields_become_the_finetune_command():
-    from tui.launch import LaunchError, LaunchSettings, finetune_argv, parse_finetune
+    import cli
+    from commands._flags import settings_from_args
+    from orchestrator.settings import JobSettings
+    from tui.launch import LaunchError, LaunchSettings, job_settings
 
     s = LaunchSettings(backbone="ckpt", spec="data", out="job", mode="finecls", workers="3", pack="auto", cpus="0.5",
                        gpus="0.25",
                        address="10.0.0.1:6379", epochs="2", max_steps="7", batch_size="16", lr="0.0005",
                        existing="resume")
-    args = parse_finetune(finetune_argv(s))
-    assert (args.backbone, args.tasks, args.out, args.mode, args.max_concurrent) == \
-        ("ckpt", "data", "job", "finecls", 3)
-    assert (args.cpus_per_task, args.gpus_per_task, args.address, args.pack) == (0.5, 0.25, "10.0.0.1:6379", "auto")
-    assert (args.epochs, args.max_steps, args.batch_size, args.lr, args.resume, args.force) == \
-        (2, 7, 16, 0.0005, True, False)
-    assert parse_finetune(finetune_argv(LaunchSettings(backbone="b", spec="s", out="o", address="local"))).address \
-        is None
+    settings = job_settings(s)
+    # The command line the launcher shows gives the very same settings to `finetune`.
+    parsed = settings_from_args(JobSettings, cli.build_parser().parse_args(settings.command_line()[2:]))
+    for args in (settings, parsed):
+        t, c = args.training, args.cluster
+        assert (args.backbone, args.tasks, args.out, t.mode, c.max_concurrent) == ("ckpt", "data", "job", "finecls", 3)
+        assert (c.cpus, c.gpus, c.address, args.pack) == (0.5, 0.25, "10.0.0.1:6379", "auto")
+        assert (t.epochs, t.max_steps, t.batch_size, t.lr, args.resume, args.force) == (2, 7, 16, 0.0005, True, False)
+    assert job_settings(LaunchSettings(backbone="b", spec="s", out="o", address="local")).cluster.address is None
     for field, value, message in (("backbone", "", "backbone checkpoint: required"),
                                   ("workers", "two", "workers: expected a whole number"),
                                   ("pack", "0", "pack: must be >= 1"),
@@ -275,40 +204,21 @@ def test_launcher_fields_become_the_finetune_command():
         bad = LaunchSettings(backbone="b", spec="s", out="o")
         setattr(bad, field, value)
         with pytest.raises(LaunchError, match=message) as error:
-            finetune_argv(bad)
+            job_settings(bad)
         assert error.value.field == field
 
 
-def write_trials(folder: Path) -> Path:
-    """DIR/trials.parquet with the columns `tune` writes (orchestrator/tune_results.py), fixed values."""
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [("gender", 0, "a_00000", "done", "accuracy", 0.81, 0.80, {"lr": 0.001, "bottleneck_ratio": 4}, None),
-            ("gender", 1, "a_00001", "done", "accuracy", 0.86, 0.84, {"lr": 0.0005, "bottleneck_ratio": 8}, None),
-            ("gender", 2, "a_00002", "stopped", "accuracy", 0.62, None, {"lr": 0.02, "bottleneck_ratio": 2}, None),
-            ("coldrec_1", 0, "a_00003", "done", "mrr@5", 0.31, 0.30, {"lr": 0.001}, None),
-            ("coldrec_1", 1, "a_00004", "failed", "mrr@5", None, None, {"lr": 0.01},
-             "RuntimeError: loss is NaN"),
-            ("coldrec_1", 2, "a_00005", "unfinished", "mrr@5", 0.35, None, {"lr": 0.003}, None)]
-    names = ("task", "sample", "trial_id", "status", "metric", "score", "test_value", "config", "error")
-    table = pa.table({n: [json.dumps(r[i]) if n == "config" else r[i] for r in rows] for i, n in enumerate(names)})
-    pq.write_table(table, folder / "trials.parquet")
-    return folder
 
 
 @in_loop
 async def test_tune_view_lists_trials_per_task_and_the_best(tmp_path):
+    from orchestrator.client import SearchClient, best_trial
     from tui.app import PeterRecApp
-    from tui.tune import best, read_trials
 
     folder = write_trials(tmp_path / "tune")
-    trials = read_trials(folder)
-    assert best([t for t in trials if t.task == "gender"]).trial_id == "a_00001"
-    assert best([t for t in trials if t.task == "coldrec_1"]).trial_id == "a_00003"  # done beats unfinished
+    trials = SearchClient(folder).trials()
+    assert best_trial([t for t in trials if t.task == "gender"]).trial_id == "a_00001"
+    assert best_trial([t for t in trials if t.task == "coldrec_1"]).trial_id == "a_00003"  # done beats unfinished
     app = PeterRecApp(tune_dir=folder)
     async with app.run_test(size=(140, 30)) as pilot:
         await until(pilot, lambda: app.screen.trials, "the trial table")
@@ -333,7 +243,10 @@ def test_tune_table_problems_name_the_file_and_column(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tui.tune import read_trials
+    from orchestrator.client import SearchClient
+
+    def read_trials(folder):
+        return SearchClient(folder).trials()
 
     with pytest.raises(FileNotFoundError, match="trials.parquet: not found"):
         read_trials(tmp_path)
@@ -440,15 +353,15 @@ async def test_launcher_starts_a_real_job_and_the_dashboard_follows_it(world, ra
 async def test_a_job_run_in_the_ui_is_cancelled_retried_and_stopped_by_quitting(world, ray_cluster, tmp_path):
     """The `finetune --ui tui` path: the app runs a given job; c / r act on it through the client and
     quitting stops it cleanly, leaving it resumable."""
-    from orchestrator.client import JobClient
+    from orchestrator.client import JobClient, launch
     from tui.app import PeterRecApp
-    from tui.launch import LaunchSettings, finetune_argv, make_job, parse_finetune
+    from tui.launch import LaunchSettings, job_settings
 
     spec, backbone_dir = world
     out = tmp_path / "job"
-    args = parse_finetune(finetune_argv(LaunchSettings(backbone=str(backbone_dir), spec=str(spec), out=str(out),
-                                                       workers="1", epochs="100000", batch_size="16")))
-    app = PeterRecApp(job=lambda: make_job(args))
+    settings = job_settings(LaunchSettings(backbone=str(backbone_dir), spec=str(spec), out=str(out), workers="1",
+                                           epochs="100000", batch_size="16"))
+    app = PeterRecApp(job=lambda: launch(settings))
     async with app.run_test(size=(120, 36)) as pilot:
         tasks = lambda: app.view.state.tasks if app.view else {}  # noqa: E731
         first = None

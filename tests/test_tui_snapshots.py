@@ -6,7 +6,7 @@ look at the SVGs in tests/__snapshots__/ before committing them.
 
 from __future__ import annotations
 
-from test_tui import review_job, settled, until, write_trials
+from support import review_job, settled, until, write_trials
 
 
 def dashboard(tmp_path):

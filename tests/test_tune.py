@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import cli
-from test_orchestrator import make_world
+from support import make_world
 
 STEPS = ["--max-steps", "20", "--epochs", "1", "--batch-size", "32", "--evals", "4"]
 
@@ -27,7 +27,7 @@ def world(tmp_path_factory):
 def ray_cluster(world):
     """The module's Ray; its workers fail the first attempt of trial 2 of the second task (retries)."""
     from orchestrator.cluster import connect
-    from orchestrator.tune_trial import FAULTS_ENV
+    from orchestrator.tune.trial import FAULTS_ENV
     from tasks import load_spec
 
     os.environ[FAULTS_ENV] = f"{load_spec(world[0]).tasks[1].name}#2:1"  # workers inherit it
@@ -104,7 +104,7 @@ def test_search_two_tasks_asha_then_finetune_the_tuned_spec(world, ray_cluster, 
 
 
 def test_interrupted_search_resumes_keeping_finished_trials(world, ray_cluster, tmp_path, monkeypatch, capsys):
-    from orchestrator.tune_display import SearchMonitor
+    from orchestrator.tune.monitor import SearchMonitor
 
     space = tmp_path / "space.toml"
     space.write_text('lr = { type = "loguniform", low = 1e-4, high = 1e-2 }\nbatch_size = 32\n')

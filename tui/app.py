@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.worker import Worker, WorkerState
 
-from orchestrator.client import LIVE_STATUSES
+from orchestrator.client import LIVE_STATUSES, JobClient, launch
 from tui.dialogs import ConfirmScreen, ExportScreen
 from tui.launch import LaunchSettings
 from tui.view import JobView
@@ -50,17 +50,13 @@ class PeterRecApp(App):
         self.tune_dir = tune_dir
         self.defaults = defaults or LaunchSettings()
         self.poll_s = poll_s
-        self.job_settings = None  # FinetuneSettings of a job started here (detail view, budget)
         self.job_worker: Worker | None = None
         self.job_error: BaseException | None = None
         self.final_state = None
         self.stopping = False  # quit asked while a job runs here: stop it, then exit
         self.budget = None
-        self._budget_estimated = False
         self._reading = False
         self._poll_timer = None
-        self._results_mtime = None
-        self._results: dict[str, dict] = {}
 
     def on_mount(self) -> None:
         from tui.dashboard import DashboardScreen
@@ -80,8 +76,8 @@ class PeterRecApp(App):
 
     # Watching a job ------------------------------------------------------------------------------------
 
-    def watch_client(self, client, settings=None) -> None:
-        self.client, self.job_settings = client, settings
+    def watch_client(self, client) -> None:
+        self.client = client
         self.compute_budget()
         self.poll()
         if self._poll_timer is None:
@@ -115,53 +111,34 @@ class PeterRecApp(App):
             self._reading = False
 
     def _read_results(self, client) -> dict[str, dict]:
-        path = client.job_dir / "results.parquet"
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
-            return {}
-        if mtime != self._results_mtime:
-            self._results = {r["task"]: r for r in client.results()}
-            self._results_mtime = mtime
-        return self._results
+        return {r["task"]: r for r in client.results()}  # the client re-reads results.parquet only when it changed
 
     def _apply_view(self, view: JobView) -> None:
         if view.budget is None and self.budget is not None:
             view.budget = self.budget
         self.view = view
-        if self._budget_estimated and view.results:  # the bundle now says which patch settings were used
-            self._budget_estimated = False
-            self.compute_budget()
 
     @work(thread=True, group="budget", exit_on_error=False)
     def compute_budget(self) -> None:
         """The job's parameter budget (every task, planned); spec and checkpoint reads, torch import."""
-        from tui.budget import job_budget
-
-        budget = job_budget(self.client.state(), self.job_settings)
-        self._ui(self._set_budget, budget)
+        self._ui(self._set_budget, self.client.budget())
 
     def _set_budget(self, budget) -> None:
         self.budget = budget
-        self._budget_estimated = budget is not None and budget.estimated
         if self.view is not None:
             self.view = JobView(self.view.state, self.view.results, budget, self.view.now, self.view.final)
 
     # Running a job here --------------------------------------------------------------------------------
 
-    def start_job(self, args) -> None:
+    def start_job(self, settings) -> None:
         """From the launcher: plan the job (off the UI thread), then run it and show the dashboard."""
-        from tui.launch import make_job
-
-        self.run_job(lambda: make_job(args))
+        self.run_job(lambda: launch(settings))
 
     def run_job(self, job_or_factory) -> None:
         self.job_worker = self._job_thread(job_or_factory)
 
     @work(thread=True, group="job", exit_on_error=False)
     def _job_thread(self, job_or_factory):
-        from orchestrator.client import JobClient
-
         try:
             job = job_or_factory() if callable(job_or_factory) else job_or_factory
         except Exception as e:  # noqa: BLE001  a problem in the spec, data, backbone or settings
@@ -171,7 +148,7 @@ class PeterRecApp(App):
             job.plan.release()
             return None
         client = JobClient(job.plan.job_dir, job)
-        self._ui(self._job_started, client, job.plan.settings)
+        self._ui(self._job_started, client)
         try:
             return job.run()
         except BaseException as e:
@@ -193,24 +170,25 @@ class PeterRecApp(App):
         while self.screen is not launcher:
             self.pop_screen()
         self.client, self.view, self.budget, self.job_error = None, None, None, None
-        self._results_mtime, self._results = None, {}
         launcher.show_error(f"the job could not start: {error}. Its directory now holds state.json: pick "
                             f"'resume' to try again there.", "existing")
 
     def _job_not_started(self, error: Exception) -> None:
+        from tui.launch import LAUNCHER_FIELD
         from tui.launcher import LauncherScreen
 
         if isinstance(self.screen, LauncherScreen):
-            self.screen.show_error(str(error), getattr(error, "field", None))
+            field = getattr(error, "field", None)
+            self.screen.show_error(str(error), LAUNCHER_FIELD.get(field, field))
         else:
             self.job_error = error
             self.notify(str(error), title="cannot start the job", severity="error", timeout=60)
 
-    def _job_started(self, client, settings) -> None:
+    def _job_started(self, client) -> None:
         from tui.dashboard import DashboardScreen
         from tui.launcher import LauncherScreen
 
-        self.watch_client(client, settings)
+        self.watch_client(client)
         if self.stopping:  # quit was confirmed while the job was being planned
             self.stop_and_exit()
         if isinstance(self.screen, LauncherScreen):  # kept below: a job that cannot start comes back to it
@@ -291,7 +269,7 @@ class PeterRecApp(App):
         if self.client is None:
             return
         job_dir = Path(self.client.job_dir)
-        if not (job_dir / "bundle" / "index.json").is_file():
+        if not self.client.has_bundle():
             self.notify("no finished task yet: the bundle is empty", severity="warning")
             return
         default = str(job_dir.parent / f"{job_dir.name}-bundle.tar")
@@ -299,20 +277,17 @@ class PeterRecApp(App):
         def chosen(path: str | None) -> None:
             if path:
                 self.notify(f"exporting the bundle to {path}...", timeout=4)
-                self.export_in_thread(job_dir, path)
+                self.export_in_thread(path)
 
         self.push_screen(ExportScreen(default), chosen)
 
     @work(thread=True, group="export", exit_on_error=False)
-    def export_in_thread(self, job_dir: Path, out: str) -> None:
-        from peterrec.bundle import BundleError, export_bundle, open_bundle
-
+    def export_in_thread(self, out: str) -> None:
         try:
-            path = export_bundle(job_dir, out)
-            tasks = len(open_bundle(path).tasks)
+            path, tasks = self.client.export(out)
             self._ui(self.notify, f"wrote {path}: {tasks} task(s), {path.stat().st_size:,} bytes",
                      title="bundle exported", timeout=15)
-        except (BundleError, FileExistsError, OSError, ValueError) as e:
+        except (FileExistsError, OSError, ValueError) as e:
             self._ui(self.notify, str(e), title="export failed", severity="error", timeout=20)
 
     def open_detail(self, name: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
@@ -14,7 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Sparkline, Static
 
-from orchestrator.state import TaskState
+from orchestrator.client import TaskState
 from tui import view as v
 from tui.view import JobView
 
@@ -83,7 +82,7 @@ class TaskDetailScreen(Screen):
 
     @work(thread=True, group="detail-config")
     def load_config(self, view: JobView | None) -> None:
-        config = task_config(self.app, view, self.task_name)
+        config = self.app.client.task_config(self.task_name) if self.app.client is not None else {}
         self.app.call_from_thread(self._show_config, config)
 
     def _show_config(self, config: dict) -> None:
@@ -130,59 +129,8 @@ def attempts_table(task: TaskState, view: JobView) -> Table:
         ("seconds", v.number(task.seconds, ".1f")),
     ]
     if budget is not None:
-        rows += [("trained params", f"{budget.trained:,}"), ("% of FineAll", f"{budget.ratio:.2f}%"),
-                 ("FineAll params", f"{budget.fineall:,}")]
+        rows += [("trained params", f"{budget.trained_params:,}"), ("% of FineAll", f"{budget.ratio_vs_fineall:.2f}%"),
+                 ("FineAll params", f"{budget.fineall_params:,}")]
     for key, value in rows:
         table.add_row(key, value)
     return table
-
-
-def task_config(app, view: JobView | None, name: str) -> dict:
-    """The task's spec entry and the settings it runs with: from its bundle entry once it is done, else
-    from the spec file and the settings the app started the job with (overrides applied). Blocking."""
-    state = view.state if view else None
-    if state is None:
-        return {}
-    out = bundle_config(Path(state.job_dir) / "bundle" / "tasks" / name / "adapter_config.json") or \
-        spec_config(state, name, getattr(app, "job_settings", None))
-    out.update(state.resources)
-    return {k: val for k, val in out.items() if val is not None}
-
-
-def bundle_config(path: Path) -> dict | None:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    task = config.get("task", {})
-    return {"source": "bundle entry", "kind": task.get("kind"), "metric": task.get("metric"),
-            "outputs": task.get("num_classes") or task.get("target_vocab"), **flatten(config.get("settings", {}))}
-
-
-def spec_config(state, name: str, settings) -> dict:
-    if not state.spec:
-        return {"mode": state.mode}
-    try:
-        from tasks import load_spec
-
-        spec = load_spec(state.spec).task(name)
-    except Exception as e:  # noqa: BLE001  the spec moved or changed: say so, show what we have
-        return {"mode": state.mode, "spec": f"unreadable: {e}"}
-    out = {"source": "task spec", "kind": spec.kind, "metric": spec.metric, "outputs": spec.num_outputs,
-           "data": str(spec.data), "overrides": spec.overrides or None, "mode": state.mode}
-    if settings is not None:
-        from peterrec.finetune import with_overrides
-
-        out.update(flatten(with_overrides(settings, spec.overrides or {}).to_dict()))
-        out["source"] = "task spec + job settings"
-    return out
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

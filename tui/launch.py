@@ -1,12 +1,12 @@
-"""From the launcher's fields to a fine-tuning job (no Textual): the same flags, checks and plan as
-`python cli.py finetune`, so a job started from the UI is one the CLI could have started."""
+"""From the launcher's fields (text) to the JobSettings of a fine-tuning job (no Textual): the same settings,
+checks and plan as `python cli.py finetune`, so a job started from the UI is one the CLI could have started."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import time
-from dataclasses import asdict, dataclass
+import copy
+from dataclasses import dataclass, field, fields
+
+from orchestrator.client import JobSettings, SettingError, parse_pack
 
 EXISTING = {"new": "refuse a non-empty job directory", "resume": "resume (keep finished tasks)",
             "force": "start over (delete its results)"}
@@ -14,7 +14,7 @@ EXISTING = {"new": "refuse a non-empty job directory", "resume": "resume (keep f
 
 @dataclass
 class LaunchSettings:
-    """What the launcher asks for; defaults come from `python cli.py tui` flags."""
+    """What the launcher's fields hold (text, as typed); defaults come from `python cli.py tui` flags."""
 
     backbone: str = ""
     spec: str = ""
@@ -25,24 +25,33 @@ class LaunchSettings:
     pack: str = "1"  # most tasks trained together per worker (a number, or auto)
     cpus: str = "1"
     gpus: str = "0"
-    address: str = ""  # blank: an embedded Ray on this machine
+    address: str = ""  # blank (or "local"): an embedded Ray on this machine
     epochs: str = "5"
     max_steps: str = ""
     batch_size: str = "64"
     lr: str = "0.001"
     num_cpus: int | None = None  # size of the embedded cluster (tests keep it small)
     object_store_mb: int | None = None
+    base: JobSettings = field(default_factory=JobSettings)  # every setting the form does not show
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_settings(cls, settings: JobSettings, **extra) -> "LaunchSettings":
+        """The fields a JobSettings fills in (the `tui` command's flags)."""
+        t, c = settings.training, settings.cluster
+        return cls(backbone=settings.backbone, spec=settings.tasks, out=settings.out, mode=t.mode,
+                   existing="resume" if settings.resume else "force" if settings.force else "new",
+                   workers=str(c.max_concurrent), pack=str(settings.pack), cpus=f"{c.cpus:g}", gpus=f"{c.gpus:g}",
+                   address=c.address or "", epochs=str(t.epochs),
+                   max_steps="" if t.max_steps is None else str(t.max_steps), batch_size=str(t.batch_size),
+                   lr=f"{t.lr:g}", num_cpus=c.num_cpus, object_store_mb=c.object_store_mb,
+                   base=copy.deepcopy(settings), **extra)
 
 
-class LaunchError(ValueError):
+class LaunchError(SettingError):
     """A field the user must fix; `field` names the launcher input."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 def _number(kind, field: str, label: str, value: str, minimum: float, optional: bool = False):
@@ -59,91 +68,39 @@ def _number(kind, field: str, label: str, value: str, minimum: float, optional: 
     return number
 
 
-def finetune_argv(s: LaunchSettings) -> list[str]:
-    """The `finetune` command line of these settings (LaunchError names the field that is wrong)."""
-    for field, label in (("backbone", "backbone checkpoint"), ("spec", "task spec"), ("out", "job directory")):
-        if not getattr(s, field).strip():
-            raise LaunchError(field, f"{label}: required")
-    workers = _number(int, "workers", "workers", s.workers, 0)
+def job_settings(s: LaunchSettings) -> JobSettings:
+    """The JobSettings of these fields (LaunchError names the field that is wrong)."""
+    for name, label in (("backbone", "backbone checkpoint"), ("spec", "task spec"), ("out", "job directory")):
+        if not getattr(s, name).strip():
+            raise LaunchError(name, f"{label}: required")
+    settings = copy.deepcopy(s.base)
+    settings.backbone, settings.tasks, settings.out = s.backbone.strip(), s.spec.strip(), s.out.strip()
+    settings.resume, settings.force = s.existing == "resume", s.existing == "force"
     try:
-        from orchestrator.packing import parse_pack
-
-        pack = parse_pack(s.pack)
+        settings.pack = parse_pack(s.pack)
     except ValueError as e:
         raise LaunchError("pack", f"pack: {e}".replace("--pack ", "")) from None
-    cpus = _number(float, "cpus", "CPUs per task", s.cpus, 0.01)
-    gpus = _number(float, "gpus", "GPU per task", s.gpus, 0)
-    epochs = _number(int, "epochs", "epochs", s.epochs, 1)
-    max_steps = _number(int, "max_steps", "max steps", s.max_steps, 1, optional=True)
-    batch = _number(int, "batch_size", "batch size", s.batch_size, 1)
-    lr = _number(float, "lr", "learning rate", s.lr, 1e-12)
-    argv = ["finetune", "--backbone", s.backbone.strip(), "--tasks", s.spec.strip(), "--out", s.out.strip(),
-            "--mode", s.mode, "--max-concurrent", str(workers), "--cpus-per-task", f"{cpus:g}",
-            "--gpus-per-task", f"{gpus:g}", "--pack", str(pack), "--epochs", str(epochs), "--batch-size", str(batch),
-            "--lr", f"{lr:g}"]
-    if max_steps is not None:
-        argv += ["--max-steps", str(max_steps)]
-    if s.address.strip() and s.address.strip() != "local":
-        argv += ["--address", s.address.strip()]
-    if s.existing in ("resume", "force"):
-        argv.append(f"--{s.existing}")
-    if s.num_cpus:
-        argv += ["--num-cpus", str(s.num_cpus)]
-    if s.object_store_mb:
-        argv += ["--object-store-mb", str(s.object_store_mb)]
-    return argv
-
-
-def parse_finetune(argv: list[str]):
-    """argparse Namespace of a `finetune` command line; a bad value raises ValueError (never exits)."""
-    import cli
-
-    errors = io.StringIO()
+    t, c = settings.training, settings.cluster
+    t.mode = s.mode
+    c.max_concurrent = _number(int, "workers", "workers", s.workers, 0)
+    c.cpus = _number(float, "cpus", "CPUs per task", s.cpus, 0.01)
+    c.gpus = _number(float, "gpus", "GPU per task", s.gpus, 0)
+    t.epochs = _number(int, "epochs", "epochs", s.epochs, 1)
+    t.max_steps = _number(int, "max_steps", "max steps", s.max_steps, 1, optional=True)
+    t.batch_size = _number(int, "batch_size", "batch size", s.batch_size, 1)
+    t.lr = _number(float, "lr", "learning rate", s.lr, 1e-12)
+    address = s.address.strip()
+    c.address = address if address and address != "local" else None
+    c.num_cpus, c.object_store_mb = s.num_cpus, s.object_store_mb
     try:
-        with contextlib.redirect_stderr(errors):
-            return cli.build_parser().parse_args(argv)
-    except SystemExit:
-        message = errors.getvalue().strip().splitlines()
-        raise ValueError(message[-1].removeprefix("peterrec finetune: ") if message else "invalid settings") \
-            from None
+        settings.check()
+    except SettingError as e:
+        raise LaunchError(LAUNCHER_FIELD.get(e.field, e.field), str(e)) from None
+    return settings
 
 
-def settings_of(s: LaunchSettings):
-    """The FinetuneSettings these fields give (for the parameter budget)."""
-    from dataclasses import replace
-
-    from commands.finetune import settings_from
-
-    return settings_from(parse_finetune(finetune_argv(replace(s, out=s.out or "unused"))))
-
-
-def make_job(args):
-    """Plan (every check of `finetune`: spec, data, backbone, job directory) and build the job; blocking,
-    so called off the UI thread. Raises DataError, CheckpointError, FileExistsError or ValueError."""
-    from commands.finetune import job_options, plan_from
-    from orchestrator.job import FinetuneJob
-
-    options = job_options(args)
-    started = time.time()  # the job's clock starts now, not when the UI did
-    if args.address:
-        check_address(args.address)
-    plan = plan_from(args)
-    try:
-        return FinetuneJob(plan, options, started_at=started)
-    except BaseException:
-        plan.release()
-        raise
-
-
-def check_address(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on a cluster address nothing listens on (joining one makes Ray wait for minutes)."""
-    import socket
-
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if address in ("auto", "local") or not host or not port.isdigit():
-        return  # let Ray interpret it
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise LaunchError("address", f"cluster {address}: nothing answers there ({e}); start it with "
-                                     f"`ray start --head`, or leave the field blank for a local cluster") from None
+# JobSettings names -> the launcher's inputs, for errors found by JobSettings.check()
+LAUNCHER_FIELD = {"tasks": "spec", "resume": "existing", "force": "existing", "cluster.max_concurrent": "workers",
+                  "cluster.cpus": "cpus", "cluster.gpus": "gpus", "cluster.address": "address",
+                  "training.device": "gpus", "training.epochs": "epochs", "training.max_steps": "max_steps",
+                  "training.batch_size": "batch_size", "training.lr": "lr", "training.mode": "mode"}

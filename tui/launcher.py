@@ -12,16 +12,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, Select, Static
 
+from orchestrator.client import MODES
 from tui.dialogs import PathPicker, PathSuggester
-from tui.launch import EXISTING, LaunchError, LaunchSettings, finetune_argv, parse_finetune
-
-MODE_HELP = {
-    "peterrec": "patches in every block + head",
-    "finecls": "head only",
-    "finelast": "last block + head",
-    "fineall": "a full copy per task",
-    "peterzero": "patches, random backbone",
-}
+from tui.launch import EXISTING, LaunchError, LaunchSettings, job_settings
 BUDGET_FIELDS = ("backbone", "spec", "mode")
 PATH_FIELDS = {"backbone": ("backbone checkpoint folder", True), "spec": ("task spec (.toml or data folder)", False),
                "out": ("job directory", True)}
@@ -57,8 +50,8 @@ class LauncherScreen(Screen):
                              id="existing", compact=True)
             with Horizontal(classes="row"):
                 yield Label("mode", classes="label")
-                yield Select([(f"{m:<9}  {h}", m) for m, h in MODE_HELP.items()], value=d.mode, allow_blank=False,
-                             id="mode", compact=True)
+                yield Select([(f"{m.name:<9}  {m.help}", m.name) for m in MODES.values()], value=d.mode,
+                             allow_blank=False, id="mode", compact=True)
             with Horizontal(classes="row"):
                 yield Label("resources", classes="label")
                 yield from self._small("cpus", "CPUs/task", d.cpus)
@@ -107,7 +100,7 @@ class LauncherScreen(Screen):
         values = {i.id: i.value for i in self.query(Input)}
         values.update({s.id: s.value for s in self.query(Select)})
         d = self.defaults
-        return LaunchSettings(**values, num_cpus=d.num_cpus, object_store_mb=d.object_store_mb)
+        return LaunchSettings(**values, num_cpus=d.num_cpus, object_store_mb=d.object_store_mb, base=d.base)
 
     @on(Input.Changed)
     @on(Select.Changed)
@@ -120,7 +113,7 @@ class LauncherScreen(Screen):
     def show_command(self) -> None:
         """The `finetune` command these fields amount to (or what is wrong with them)."""
         try:
-            command = " ".join(shlex.quote(a) for a in ["python", "cli.py", *finetune_argv(self.settings())])
+            command = " ".join(shlex.quote(a) for a in job_settings(self.settings()).command_line())
             text = Text.assemble(("same as: ", "dim"), (command, "dim italic"))
         except LaunchError as e:
             text = Text(str(e), style="yellow")
@@ -143,12 +136,11 @@ class LauncherScreen(Screen):
     @work(thread=True, exclusive=True, group="budget")
     def compute_budget(self, s: LaunchSettings, generation: int) -> None:
         """Model shapes on the meta device: fast, but imports torch, so off the UI thread."""
-        from tui.budget import compute_budget
-        from tui.launch import settings_of
+        from orchestrator.client import plan_budget
 
         try:
-            budget = compute_budget(s.backbone.strip(), s.spec.strip(), settings_of(s))
-            text = budget_text(budget)
+            settings = job_settings(LaunchSettings(**{**s.to_dict(), "out": s.out or "unused"}))
+            text = budget_text(plan_budget(settings), settings.training.mode)
         except Exception as e:  # noqa: BLE001  shown to the user, who fixes the field
             text = Text(f"cannot compute the budget: {e}", style="red")
         self.app.call_from_thread(self._show_budget, text, generation)
@@ -174,18 +166,14 @@ class LauncherScreen(Screen):
 
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
-        s = self.settings()
         try:
-            args = parse_finetune(finetune_argv(s))
+            settings = job_settings(self.settings())
         except LaunchError as e:
             self.show_error(str(e), e.field)
             return
-        except ValueError as e:
-            self.show_error(str(e))
-            return
         self.query_one("#start", Button).disabled = True
         self.show_status("checking the spec, the data and the backbone...")
-        self.app.start_job(args)
+        self.app.start_job(settings)
 
     def show_status(self, message: str) -> None:
         self.query_one("#launch-status", Static).update(Text(message, style="dim"))
@@ -200,28 +188,31 @@ class LauncherScreen(Screen):
             widget.focus()
 
 
-def budget_text(budget) -> Text:
+def budget_text(budget, mode: str) -> Text:
     """The launcher's budget panel: per task and in all, against N full fine-tuned copies."""
     from tui.view import count, times
 
     tasks = list(budget.tasks.values())
-    totals = budget.totals()
+    storage = budget.storage()
     text = Text()
-    text.append(f"{len(tasks)} tasks", style="bold").append(f" in mode {budget.mode}; backbone ")
-    text.append(f"{budget.backbone_params:,}", style="bold").append(" params, held once\n")
+    text.append(f"{len(tasks)} tasks", style="bold").append(f" in mode {mode}; backbone ")
+    text.append(f"{budget.backbone_params:,}", style="bold")
+    text.append(" params, held once\n" if storage.backbone_params else
+                " params, not needed: every task holds a backbone of its own\n")
     by_kind: dict[str, list] = {}
-    for t in tasks:
-        by_kind.setdefault(t.kind, []).append(t)
+    for name, t in budget.tasks.items():
+        by_kind.setdefault(budget.kinds.get(name, "task"), []).append(t)
     for kind, group in by_kind.items():
-        lo, hi = min(t.trained for t in group), max(t.trained for t in group)
-        rlo, rhi = min(t.ratio for t in group), max(t.ratio for t in group)
+        lo, hi = min(t.trained_params for t in group), max(t.trained_params for t in group)
+        rlo, rhi = min(t.ratio_vs_fineall for t in group), max(t.ratio_vs_fineall for t in group)
         span = f"{count(lo)}" if lo == hi else f"{count(lo)}-{count(hi)}"
         rspan = f"{rlo:.2f}%" if abs(rhi - rlo) < 0.005 else f"{rlo:.2f}-{rhi:.2f}%"
         text.append(f"  {kind} x{len(group)}: ", style="dim").append(f"{span} trained params per task, ")
         text.append(rspan, style="bold").append(" of FineAll\n")
-    if totals["full"]:
-        text.append("storage: ", style="dim").append(f"backbone + {len(tasks)} patch sets = {totals['shared']:,} params"
-                                                     f" vs {len(tasks)} full copies {totals['full']:,}: ")
-        text.append(f"{100 * totals['ratio']:.1f}%", style="bold green")
-        text.append(f" ({times(totals['full'], totals['shared'])})", style="dim")
+    if storage.full_copies_params:
+        held = f"backbone + {len(tasks)} patch sets" if storage.backbone_params else f"{len(tasks)} task models"
+        text.append("storage: ", style="dim").append(f"{held} = {storage.shared_params:,} params vs {len(tasks)} full "
+                                                     f"copies {storage.full_copies_params:,}: ")
+        text.append(f"{100 * storage.ratio:.1f}%", style="bold green")
+        text.append(f" ({times(storage.full_copies_params, storage.shared_params)})", style="dim")
     return text

@@ -1,19 +1,11 @@
 """Tune view: the trials of a hyper-parameter search, per task, with their configs and scores.
 
-Reads DIR/trials.parquet, one row per trial. Required columns: task (string), trial_id (string), config
-(JSON object as a string), score (float, higher is better, null when none was reported) and status
-(string). Used when present (as `tune` writes them, orchestrator/tune_results.py): sample (0 = the task's
-baseline, the settings `finetune` would use), metric, test_value and error. Statuses are matched without
-case: done / terminated, stopped (early, by the scheduler), failed / error, anything else is open
-(running, pending, unfinished). The best trial of a task is its best-scored done trial (else the best
-scored so far), ties to the earlier sample. The file is re-read whenever it changes.
+Reads the search directory through the client (orchestrator.client.SearchClient: DIR/trials.parquet, one
+row per trial, re-read whenever it changes); a task's best trial is the client's rule (best_trial).
 """
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
@@ -23,65 +15,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-TRIALS_FILE = "trials.parquet"
-COLUMNS = ("task", "trial_id", "config", "score", "status")
-OPTIONAL = ("sample", "metric", "test_value", "error")
-DONE, STOPPED, FAILED = ("done", "terminated"), ("stopped",), ("failed", "error")
+from orchestrator.client import SearchClient, best_trial
+
 STATUS_STYLE = {"done": "green", "terminated": "green", "stopped": "yellow", "failed": "bold red",
                 "error": "bold red", "running": "bold cyan", "pending": "dim", "unfinished": "dim"}
-
-
-@dataclass(frozen=True)
-class Trial:
-    task: str
-    trial_id: str
-    config: dict
-    score: float | None
-    status: str  # lower case
-    sample: int | None = None
-    metric: str | None = None
-    test_value: float | None = None
-    error: str | None = None
-
-    @property
-    def baseline(self) -> bool:
-        return self.sample == 0
-
-
-def _float(value) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
-def read_trials(folder: str | Path) -> list[Trial]:
-    """The trials of DIR/trials.parquet (ValueError naming the file, row and column when it does not fit)."""
-    import pyarrow.parquet as pq
-
-    path = Path(folder) / TRIALS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (expected the trial table of a `tune` run)")
-    table = pq.read_table(path)
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
-    present = [c for c in OPTIONAL if c in table.column_names]
-    trials = []
-    for i, row in enumerate(table.select([*COLUMNS, *present]).to_pylist()):
-        try:
-            config = json.loads(row["config"]) if row["config"] else {}
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: row {i}, column 'config': not a JSON object ({e})") from None
-        trials.append(Trial(str(row["task"]), str(row["trial_id"]),
-                            config if isinstance(config, dict) else {"config": config}, _float(row["score"]),
-                            str(row["status"] or "").lower(), row.get("sample"), row.get("metric"),
-                            _float(row.get("test_value")), row.get("error")))
-    return trials
-
-
-def best(trials: list[Trial]) -> Trial | None:
-    """The best done trial by score (else the best scored so far); ties: the earlier sample."""
-    scored = [t for t in trials if t.score is not None]
-    pool = [t for t in scored if t.status in DONE] or scored
-    return max(pool, key=lambda t: (t.score, -(t.sample or 0))) if pool else None
 
 
 def config_text(config: dict) -> str:
@@ -116,9 +53,10 @@ class TuneScreen(Screen):
     def __init__(self, folder: str | Path, poll_s: float = 1.0):
         super().__init__()
         self.folder = Path(folder)
+        self.search = SearchClient(self.folder)
         self.poll_s = poll_s
-        self.trials: list[Trial] = []
-        self.mtime: float | None = None
+        self.trials: list = []
+        self.loaded = False
         self.selected: str | None = None
 
     def compose(self) -> ComposeResult:
@@ -135,22 +73,17 @@ class TuneScreen(Screen):
 
     @work(thread=True, exclusive=True, group="tune-read")
     def reload(self) -> None:
-        path = self.folder / TRIALS_FILE
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
-            mtime = None
-        if mtime is not None and mtime == self.mtime:
+        if self.loaded and not self.search.changed():
             return
         try:
-            trials, problem = read_trials(self.folder), None
+            trials, problem = self.search.trials(), None
         except (OSError, ValueError) as e:
             trials, problem = [], str(e)
-        self.app.call_from_thread(self._show, trials, problem, mtime)
+        self.app.call_from_thread(self._show, trials, problem)
 
-    def _show(self, trials: list[Trial], problem: str | None, mtime) -> None:
-        self.trials, self.mtime = trials, mtime
-        by_task: dict[str, list[Trial]] = {}
+    def _show(self, trials: list, problem: str | None) -> None:
+        self.trials, self.loaded = trials, True
+        by_task: dict[str, list] = {}
         for t in trials:
             by_task.setdefault(t.task, []).append(t)
         title = Text()
@@ -163,13 +96,12 @@ class TuneScreen(Screen):
         current = self.selected
         rows = {}
         for name, group in by_task.items():
-            top = best(group)
+            top = best_trial(group)
             baseline = next((t for t in group if t.baseline), None)
-            count = lambda kinds: sum(t.status in kinds for t in group)  # noqa: E731
-            failed = count(FAILED)
-            rows[name] = (name, group[0].metric or "", str(len(group)), str(count(DONE)), str(count(STOPPED)),
-                          Text(str(failed), style="red" if failed else ""),
-                          str(len(group) - count(DONE) - count(STOPPED) - failed),
+            count = lambda state: sum(t.state == state for t in group)  # noqa: E731
+            failed = count("failed")
+            rows[name] = (name, group[0].metric or "", str(len(group)), str(count("done")), str(count("stopped")),
+                          Text(str(failed), style="red" if failed else ""), str(count("open")),
                           _score(baseline.score if baseline else None),
                           _score(top.score if top else None, "bold green"), top.trial_id if top else "",
                           config_text(top.config) if top else "")
@@ -192,7 +124,7 @@ class TuneScreen(Screen):
         table = self.query_one("#tune-trials", DataTable)
         group = sorted((t for t in self.trials if t.task == self.selected),
                        key=lambda t: (t.score is None, -(t.score or 0.0)))
-        top = best(group)
+        top = best_trial(group)
         rows = {}
         for t in group:
             mark = " *" if top is not None and t.trial_id == top.trial_id else ""

@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 
 from rich.text import Text
 
-from orchestrator import state as st
-from orchestrator.client import LIVE_STATUSES
-from orchestrator.state import JobState, TaskState
-from tui.budget import Budget, TaskBudget, from_results
+from orchestrator.client import LIVE_STATUSES, JobBudget, JobState, ParamReport, TaskState
+from orchestrator.client import status as st
 
 STATUS_STYLE = {st.QUEUED: "dim", st.RUNNING: "bold cyan", st.RETRYING: "bold yellow", st.DONE: "green",
                 st.FAILED: "bold red"}
@@ -59,7 +57,7 @@ class JobView:
 
     state: JobState
     results: dict[str, dict] = field(default_factory=dict)
-    budget: Budget | None = None
+    budget: JobBudget | None = None  # every task's parameters, planned or measured (JobClient.budget)
     now: float | None = None  # the poll's wall clock (None: use the state's own clock)
     final: bool = False  # the job is over and this is its last state: no more polls needed
 
@@ -67,13 +65,11 @@ class JobView:
     def live(self) -> bool:
         return self.state.status in LIVE_STATUSES
 
-    def task_budget(self, name: str) -> TaskBudget | None:
+    def task_budget(self, name: str) -> ParamReport | None:
         """Measured numbers of a finished task first (results.parquet), else the planned budget."""
         row = self.results.get(name)
-        if row is not None:
-            measured = from_results([row]).get(name)
-            if measured is not None:
-                return measured
+        if row is not None and row.get("status") == "done" and row.get("fineall_params"):
+            return ParamReport.from_row(row)
         return self.budget.tasks.get(name) if self.budget is not None else None
 
     @property
@@ -141,7 +137,7 @@ def task_eta(task: TaskState, now: float) -> float | None:
     return max(left - max(now - (task.updated_at or now), 0.0), 0.0)
 
 
-def task_cells(task: TaskState, budget: TaskBudget | None, now: float) -> dict[str, Text | str]:
+def task_cells(task: TaskState, budget: ParamReport | None, now: float) -> dict[str, Text | str]:
     """Every column of one task's row."""
     style = STATUS_STYLE.get(task.status, "")
     done = task.status == st.DONE
@@ -157,14 +153,14 @@ def task_cells(task: TaskState, budget: TaskBudget | None, now: float) -> dict[s
         "loss": Text(number(task.loss), justify="right"),
         "metric": Text(f"{metric} {number(value)}" if value is not None else "", justify="right",
                        style="bold" if done else ""),
-        "params": Text(count(budget.trained) if budget else "", justify="right"),
-        "ratio": Text(f"{budget.ratio:.2f}%" if budget else "", justify="right"),
+        "params": Text(count(budget.trained_params) if budget else "", justify="right"),
+        "ratio": Text(f"{budget.ratio_vs_fineall:.2f}%" if budget else "", justify="right"),
         "rate": Text(number(task.samples_per_s, ",.0f") if task.status == st.RUNNING else "", justify="right"),
         "eta": Text(duration(task_eta(task, now)), justify="right"),
     }
 
 
-def sort_key(sort: str, task: TaskState, index: int, budget: TaskBudget | None, now: float):
+def sort_key(sort: str, task: TaskState, index: int, budget: ParamReport | None, now: float):
     """Ascending keys; missing values last; ties in spec order."""
     missing = float("inf")
     if sort == "task":
@@ -179,7 +175,7 @@ def sort_key(sort: str, task: TaskState, index: int, budget: TaskBudget | None, 
         value = task.value if task.status == st.DONE else task.metric
         key = -value if value is not None else missing
     elif sort == "ratio":
-        key = budget.ratio if budget else missing
+        key = budget.ratio_vs_fineall if budget else missing
     elif sort == "rate":
         key = -(task.samples_per_s or 0.0) if task.status == st.RUNNING else missing
     elif sort == "eta":
@@ -290,48 +286,44 @@ def cluster_text(state: JobState) -> Text:
 
 
 def efficiency_text(view: JobView, width: int = 200) -> Text:
-    """Backbone held once, the patch sets so far (and planned), against N full fine-tuned copies
-    (parameter counts abbreviated, 2.77M, under 100 columns)."""
+    """The shared backbone (held once, when a task reads it), the patch sets so far (and planned), against N
+    full fine-tuned copies (parameter counts abbreviated, 2.77M, under 100 columns)."""
     n = (lambda x: f"{x:,}") if width >= 100 else count  # noqa: E731
     state = view.state
     names = list(state.tasks)
-    done = [n for n in names if state.tasks[n].status == st.DONE]
-    per_task = {n: view.task_budget(n) for n in names}
+    per_task = {name: view.task_budget(name) for name in names}
     backbone = view.budget.backbone_params if view.budget else next(
         (r.get("backbone_params") for r in view.results.values() if r.get("backbone_params")), None)
     text = Text()
     if backbone is None:
         return text.append("parameter budget: waiting for the backbone or the first finished task", style="dim")
-    measured = [per_task[n] for n in done if per_task[n] is not None]
-    planned = [b for b in per_task.values() if b is not None]
-    text.append("backbone   ", style="dim").append(n(backbone), style="bold").append(" params, held once")
+    done = {name: per_task[name] for name in names if state.tasks[name].status == st.DONE and per_task[name]}
+    planned = {name: b for name, b in per_task.items() if b is not None}
+    measured, whole = JobBudget(backbone, done).storage(), JobBudget(backbone, planned).storage()
+    text.append("backbone   ", style="dim").append(n(backbone), style="bold")
+    text.append(" params, held once" if whole.backbone_params or not planned
+                else " params, not needed: every task holds a backbone of its own")
     if planned:
-        ratios = [b.ratio for b in planned]
+        ratios = [b.ratio_vs_fineall for b in planned.values()]
         text.append("   per task ", style="dim").append(f"{sum(ratios) / len(ratios):.2f}%", style="bold")
         text.append(" of FineAll" + (" (avg)" if len({round(r, 4) for r in ratios}) > 1 else ""))
     text.append("\n")
-    patches = sum(b.stored for b in measured)
-    full = sum(b.fineall for b in measured)
-    text.append("patch sets ", style="dim").append(n(patches), style="bold")
-    text.append(f" params, {len(measured)} of {len(names)} tasks done")
-    if len(planned) == len(names) and len(measured) < len(names):
-        text.append(f"  ({n(sum(b.stored for b in planned))} when all are)", style="dim")
+    text.append("patch sets ", style="dim").append(n(sum(b.stored_params for b in done.values())), style="bold")
+    text.append(f" params, {len(done)} of {len(names)} tasks done")
+    if len(planned) == len(names) and len(done) < len(names):
+        text.append(f"  ({n(sum(b.stored_params for b in planned.values()))} when all are)", style="dim")
     text.append("\n")
     text.append("storage    ", style="dim")
-    if measured:
-        shared = backbone + patches
-        text.append(f"{n(shared)} params vs {len(measured)} full copies {n(full)}: ")
-        text.append(f"{100 * shared / full:.1f}%", style="bold green")
-        text.append(f" ({times(full, shared)})", style="dim")
+    if done:
+        text.append(f"{n(measured.shared_params)} params vs {len(done)} full copies {n(measured.full_copies_params)}: ")
+        text.append(f"{100 * measured.ratio:.1f}%", style="bold green")
+        text.append(f" ({times(measured.full_copies_params, measured.shared_params)})", style="dim")
     elif planned and len(planned) == len(names):
-        shared = backbone + sum(b.stored for b in planned)
-        full = sum(b.fineall for b in planned)
-        text.append(f"planned {n(shared)} params vs {len(names)} full copies {n(full)}: ")
-        text.append(f"{100 * shared / full:.1f}%", style="bold")
+        text.append(f"planned {n(whole.shared_params)} params vs {len(names)} full copies "
+                    f"{n(whole.full_copies_params)}: ")
+        text.append(f"{100 * whole.ratio:.1f}%", style="bold")
     else:
         text.append("no task finished yet", style="dim")
-    if view.budget is not None and view.budget.estimated:
-        text.append("  (planned: default patch settings)", style="dim")
     return text
 
 

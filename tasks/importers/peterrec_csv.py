@@ -1,15 +1,12 @@
-"""Import the paper's released format: one user per line, `s1,...,sn,,t1,t2,...`.
+"""Import the paper's released format (read by tasks.paper_csv): one user per line, `s1,...,sn,,t1,t2,...`.
 
-Source item ids come first (leading 0s are padding), then a double comma and one or more target
-labels; a pretraining file has only the source part. Users are named by line: the user on line
-k+1 is "u{k}". Each target label is one row of the task: a cold-start task over a dense target
-vocabulary, or (as_classify) a classification task whose classes are the distinct labels.
+Each target label is one row of the task: a cold-start task over a dense target vocabulary, or
+(as_classify) a classification task whose classes are the distinct labels.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +15,9 @@ import pyarrow.compute as pc
 
 from tasks.dataset import NewTask, write_dataset
 from tasks.errors import DataError
-from tasks.importers.text import line_error, numbered_lines, to_int
+from tasks.paper_csv import PaperRows, read_paper_csv
 from tasks.sequences import Sequences
 from tasks.vocab import read_item_vocab
-
-SEPARATOR = ",,"
-
-
-@dataclass
-class _Parsed:
-    lines: list[int]  # 1-based line number of each user
-    sources: list[list[int]]  # raw source ids, padding removed
-    starts: list[int]  # position of each source's first item in its line (after the padding)
-    targets: list[list[str]] | None  # raw target labels; None for a pretraining file
 
 
 def import_peterrec_csv(
@@ -50,7 +37,7 @@ def import_peterrec_csv(
     so a fine-tuning file lines up with an earlier pretraining import; unknown ids are errors.
     """
     path = Path(src)
-    parsed = _parse(path)
+    parsed = read_paper_csv(path)
     if source_vocab is not None:
         items_path = Path(source_vocab) / "source" / "items.parquet"
         raw_ids = read_item_vocab(items_path)[1:]
@@ -59,7 +46,7 @@ def import_peterrec_csv(
         raw_ids, dense = _dense_vocabulary(parsed)
     lengths = np.array([len(s) for s in parsed.sources], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    user_ids = np.array([f"u{line - 1}" for line in parsed.lines], dtype=object)
+    user_ids = parsed.user_ids()
     sequences = Sequences(user_ids, offsets, dense, vocab_size=len(raw_ids) + 1)
     tasks, notes = [], [f"imported {path} ({'fine-tuning' if parsed.targets is not None else 'pretraining'} file)"]
     if parsed.targets is not None:
@@ -72,61 +59,21 @@ def import_peterrec_csv(
     return spec, notes
 
 
-def _parse(path: Path) -> _Parsed:
-    lines, sources, starts, targets = [], [], [], []
-    finetune = None
-    for number, text in numbered_lines(path):
-        has_targets = SEPARATOR in text
-        if finetune is None:
-            finetune = has_targets
-        elif has_targets != finetune:
-            raise line_error(
-                path, number, "targets",
-                "no ',,' separator, but earlier lines have targets (expected s1,...,sn,,t1,...)" if finetune
-                else "',,' separator, but earlier lines have none (a pretraining file is s1,...,sn)",
-            )
-        source_text, _, target_text = text.partition(SEPARATOR)
-        tokens = source_text.split(",")
-        values = [to_int(path, number, f"source[{k}]", token) for k, token in enumerate(tokens)]
-        lead = next((k for k, value in enumerate(values) if value != 0), len(values))
-        if lead == len(values):
-            raise line_error(path, number, "source", "no items, only padding (0)")
-        if 0 in values[lead:]:
-            k = values.index(0, lead)
-            raise line_error(path, number, f"source[{k}]", "0 is padding and may only lead the sequence")
-        lines.append(number)
-        sources.append(values[lead:])
-        starts.append(lead)
-        if finetune:
-            labels = target_text.split(",")
-            for k, label in enumerate(labels):
-                if not label.strip() or SEPARATOR in label:
-                    raise line_error(path, number, f"target[{k}]", f"{label!r} is not a target label")
-                to_int(path, number, f"target[{k}]", label)
-            targets.append([str(int(label)) for label in labels])
-    if not lines:
-        raise DataError(path, "no lines, expected one user per line")
-    return _Parsed(lines, sources, starts, targets if finetune else None)
-
-
-def _dense_vocabulary(parsed: _Parsed) -> tuple[np.ndarray, np.ndarray]:
+def _dense_vocabulary(parsed: PaperRows) -> tuple[np.ndarray, np.ndarray]:
     flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in parsed.sources])
     raw_ids, dense = np.unique(flat, return_inverse=True)
     return raw_ids, dense.astype(np.int32) + 1
 
 
-def _lookup(path: Path, parsed: _Parsed, raw_ids: np.ndarray, items_path: Path) -> np.ndarray:
+def _lookup(path: Path, parsed: PaperRows, raw_ids: np.ndarray, items_path: Path) -> np.ndarray:
     flat = [str(value) for source in parsed.sources for value in source]
     found = pc.index_in(pa.array(flat, pa.string()), value_set=pa.array(raw_ids, pa.string()))
     if found.null_count:
         missing = int(np.argmax(found.is_null().to_numpy(zero_copy_only=False)))
         offsets = np.cumsum([0] + [len(s) for s in parsed.sources])
         user = int(np.searchsorted(offsets, missing, side="right") - 1)
-        position = parsed.starts[user] + missing - offsets[user]
-        raise line_error(
-            path, parsed.lines[user], f"source[{position}]",
-            f"item {flat[missing]} is not in the source vocabulary {items_path}",
-        )
+        raise parsed.fail(user, missing - int(offsets[user]),
+                          f"item {flat[missing]} is not in the source vocabulary {items_path}")
     return found.to_numpy().astype(np.int32) + 1
 
 

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from peterrec.finetune import FinetuneSettings, OVERRIDE_KEYS, PATCH_KEYS, with_overrides
-from peterrec.modes import PATCHED_MODES
+from peterrec.config import INSERTIONS
+from peterrec.finetune import OVERRIDE_KEYS, PATCH_KEYS, FinetuneSettings, check_settings, with_overrides
+from peterrec.modes import PATCHED_MODES, get_mode
 from tasks import DataError
 from tasks.spec import read_toml
 
@@ -107,12 +108,12 @@ def default_space(mode: str, backbone_config, settings: FinetuneSettings) -> dic
     """What a search tries without --space: the issue's list, restricted to what `mode` trains."""
     space = [Dim("lr", "loguniform", 1e-4, 1e-2), Dim("weight_decay", "choice", values=(0.0, 1e-4, 1e-3, 1e-2)),
              Dim("batch_size", "choice", values=(32, 64, 128))]
-    if mode in PATCHED_MODES:
+    if get_mode(mode).patched:
         fits = tuple(r for r in (2, 4, 8) if _fits(settings, {"bottleneck_ratio": r}, backbone_config))
         space += [Dim("bottleneck_ratio", "choice", values=fits or (settings.patch.bottleneck_ratio,)),
-                  Dim("insertion", "choice", values=("serial", "parallel")),
+                  Dim("insertion", "choice", values=tuple(INSERTIONS)),
                   Dim("train_layernorm2", "choice", values=(True, False))]
-    if mode == "finelast" and len(backbone_config.dilations) > 1:
+    if get_mode(mode).trains == "last_blocks" and len(backbone_config.dilations) > 1:
         space.append(Dim("finelast_blocks", "randint", 1, min(3, len(backbone_config.dilations))))
     return {d.key: d for d in space}
 
@@ -170,10 +171,10 @@ def check_space(space: dict[str, Dim], mode: str, backbone_config, settings: Fin
         def fail(problem: str):
             raise (DataError(path, problem, field=key) if path else ValueError(f"search space {key}: {problem}"))
 
-        if key in PATCH_KEYS and mode not in PATCHED_MODES:
+        if key in PATCH_KEYS and not get_mode(mode).patched:
             fail(f"only {' and '.join(PATCHED_MODES)} have patches; it has no effect in mode {mode}")
-        if key == "finelast_blocks" and mode != "finelast":
-            fail(f"only mode finelast uses it; it has no effect in mode {mode}")
+        if key == "finelast_blocks" and get_mode(mode).trains != "last_blocks":
+            fail(f"only modes that train the last blocks use it; it has no effect in mode {mode}")
         default = current(settings, key)
         if dim.kind in ("uniform", "loguniform") and isinstance(default, int):
             fail(f"takes integers ({default!r} by default): use a randint or a choice, not {dim.kind}")
@@ -197,12 +198,7 @@ def _same_type(value, default) -> bool:
 def _fits(settings: FinetuneSettings, overrides: dict, backbone_config, strict: bool = False) -> bool:
     """Whether `overrides` make valid settings for this backbone (raises instead with `strict`)."""
     try:
-        s = with_overrides(settings, overrides)
-        if s.mode in PATCHED_MODES:
-            s.patch.width(backbone_config.channels)
-        blocks = len(backbone_config.dilations)
-        if s.mode == "finelast" and not 1 <= s.finelast_blocks <= blocks:
-            raise ValueError(f"finelast_blocks must lie in 1..{blocks}")
+        check_settings(with_overrides(settings, overrides), backbone_config)
     except (ValueError, TypeError):
         if strict:
             raise

@@ -1,7 +1,7 @@
 """A synthetic world for tests, demos and benchmarks: `python cli.py synth`.
 
-Users' latent traits drive both their item sequences (synth_world) and the labels of every
-downstream task (synth_tasks), so a backbone pretrained on the sequences genuinely helps the
+Users' latent traits drive both their item sequences (world.py) and the labels of every
+downstream task (downstream.py), so a backbone pretrained on the sequences genuinely helps the
 tasks. Deterministic for a seed; chunked over users so memory stays bounded.
 """
 
@@ -13,8 +13,8 @@ import numpy as np
 
 from tasks.dataset import write_dataset
 from tasks.sequences import Sequences
-from tasks.synth_tasks import make_task
-from tasks.synth_world import make_sequences, make_world
+from tasks.synth.downstream import make_task
+from tasks.synth.world import make_sequences, make_world
 
 
 def synthesize(

@@ -1,11 +1,11 @@
 """Fused multi-task training and inference: many tasks' patch sets in one pass over the shared backbone.
 
 mLoRA-style packing for PeterRec. The backbone is frozen and shared, so K tasks' batches can run
-through its convolutions as one batch, each row patched by its own task (fused_patches.py). On top:
-- train_pack (fused_train.py): K tasks trained at once, each exactly as training.train alone would
+through its convolutions as one batch, each row patched by its own task (patches.py). On top:
+- train_pack (train.py): K tasks trained at once, each exactly as training.train alone would
   (iter_train_pack: the same, yielding each task's outcome as it leaves the pack);
-- predict_mixed (fused_infer.py): a mixed-task batch scored in one pass, for bundle inference;
-- choose_pack_size (fused_auto.py): the K for `--pack auto`, measured, 1 when packing does not pay.
+- predict_mixed (infer.py): a mixed-task batch scored in one pass, for bundle inference;
+- choose_pack_size (auto.py): the K for `--pack auto`, measured, 1 when packing does not pay.
 
 Usage (the orchestrator's view):
 
@@ -15,14 +15,14 @@ Usage (the orchestrator's view):
         outcomes = train_pack(pack)          # {name: PackOutcome(result | error)}
 """
 
-from peterrec.fused_auto import PackChoice, choose_pack_size, estimate_step_bytes
-from peterrec.fused_infer import predict_mixed
-from peterrec.fused_patches import STRATEGIES, PackedPatches
-from peterrec.fused_train import (PACKABLE_MODES, PackOutcome, PackTask, check_packable, iter_train_pack,
+from peterrec.fused.auto import PackChoice, choose_pack_size, estimate_step_bytes
+from peterrec.fused.infer import predict_mixed
+from peterrec.fused.patches import STRATEGIES, PackedPatches
+from peterrec.fused.train import (PackOutcome, PackTask, check_packable, iter_train_pack,
                                   split_representations, task_loss, train_pack)
 
 __all__ = [
-    "PACKABLE_MODES", "STRATEGIES", "PackChoice", "PackOutcome", "PackTask", "PackedPatches", "check_packable",
+    "STRATEGIES", "PackChoice", "PackOutcome", "PackTask", "PackedPatches", "check_packable",
     "choose_pack_size", "estimate_step_bytes", "iter_train_pack", "predict_mixed", "split_representations", "task_loss",
     "train_pack",
 ]

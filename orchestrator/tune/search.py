@@ -1,6 +1,6 @@
 """Ray Tune hyper-parameter searches over the tasks of a spec: plan, run (or resume), write the outputs.
 
-One Tuner runs the whole search: every trial's config is drawn up front (tune_space.trial_points, seeded;
+One Tuner runs the whole search: every trial's config is drawn up front (space.trial_points, seeded;
 sample 0 of each task is its baseline) and fed to Tune's BasicVariantGenerator in order, which
 interleaves the tasks, so all of them progress together and one pool of reused worker processes serves
 every trial. PerTaskScheduler keeps one ASHA per task: trials of different tasks (and metrics) are never
@@ -17,48 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.tune_results import BEST_FILE, DONE, FAILED, SPEC_FILE, STOPPED, TRIALS_FILE, UNFINISHED
+from orchestrator.settings import SearchOptions, SearchSettings, resolve_spec
+from tasks.atomic import write_json_atomic
+from orchestrator.tune.results import BEST_FILE, DONE, FAILED, SPEC_FILE, STOPPED, TRIALS_FILE, UNFINISHED
 
 EXPERIMENT = "search"  # Tune's experiment: OUT/ray/search
 SEARCH_FILE = "search.json"  # what the search is; --resume checks it is asked the same search
-SCHEDULERS = ("asha", "pbt", "fifo")
-PBT_UNSUPPORTED = ("--scheduler pbt needs trials that checkpoint and restore their weights and optimizer, and "
-                   "peterrec.finetune.finetune_task exposes neither yet; use --scheduler asha (or fifo)")
-
-
-@dataclass
-class SearchOptions:
-    """How many trials, how they are scheduled, and where they run."""
-
-    samples: int = 8  # trials per task, its baseline included
-    scheduler: str = "asha"
-    evals: int = 8  # validation evaluations per trial (ASHA's rungs are counted in them)
-    address: str | None = None  # join this cluster; None: start an embedded loopback one
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0  # fractions share a GPU
-    max_concurrent: int = 0  # trials in flight at once; 0 = as many as the resources allow
-    retries: int = 2  # extra attempts of a failed trial (Tune's FailureConfig)
-    num_cpus: int | None = None  # embedded cluster size
-    num_gpus: int | None = None
-    object_store_mb: int | None = None
-
-    def __post_init__(self):
-        problems = []
-        if self.scheduler == "pbt":
-            problems.append(PBT_UNSUPPORTED)
-        elif self.scheduler not in SCHEDULERS:
-            problems.append(f"--scheduler must be one of {', '.join(SCHEDULERS)} (got {self.scheduler!r})")
-        for flag, value, low in (("--samples", self.samples, 1), ("--evals", self.evals, 1),
-                                 ("--max-concurrent", self.max_concurrent, 0), ("--retries", self.retries, 0)):
-            if value < low:
-                problems.append(f"{flag} must be >= {low} (got {value})")
-        if not self.cpus_per_trial > 0:
-            problems.append(f"--cpus-per-trial must be > 0 (got {self.cpus_per_trial})")
-        if self.gpus_per_trial < 0 or (self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial)):
-            problems.append(f"--gpus-per-trial must be a fraction of one GPU or a whole number "
-                            f"(got {self.gpus_per_trial})")
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 @dataclass
@@ -73,7 +37,7 @@ class SearchPlan:
     backbone_path: Path
     settings: object  # FinetuneSettings of the command line
     tasks: list  # the TaskSpecs searched
-    space: dict  # key -> tune_space.Dim
+    space: dict  # key -> space.Dim
     points: list[dict]  # every trial's config, in submission order
     identity: dict  # what search.json records
     resume: bool
@@ -96,7 +60,7 @@ def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOpti
     import shutil
 
     from orchestrator.plan import check_output_dir, load_inputs, take_job_dir
-    from orchestrator.tune_space import default_space, load_space, trial_points
+    from orchestrator.tune.space import default_space, load_space, trial_points
     from peterrec.bundle import backbone_fingerprint
     from tasks import DataError
 
@@ -124,9 +88,17 @@ def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOpti
         shutil.rmtree(out_dir / "ray", ignore_errors=True)
         for name in (SEARCH_FILE, TRIALS_FILE, BEST_FILE, SPEC_FILE):
             (out_dir / name).unlink(missing_ok=True)
-    saved.write_text(json.dumps(identity, indent=2) + "\n")
+    write_json_atomic(saved, identity)
     return SearchPlan(out_dir, job, sequences, task_data, backbone, Path(backbone_path), settings, tasks, space,
                       points, identity, resume, lock)
+
+
+def plan_for(settings: SearchSettings) -> SearchPlan:
+    """plan_search for an orchestrator.settings.SearchSettings: its own checks first, then plan_search's."""
+    settings.check()
+    return plan_search(resolve_spec(settings.tasks), settings.backbone, settings.out,
+                       settings.training.finetune_settings(), settings.options(), settings.space, settings.only,
+                       resume=settings.resume, force=settings.force)
 
 
 def check_same_search(saved: Path, identity: dict) -> None:
@@ -176,16 +148,17 @@ class TuneSearch:
         from ray import tune
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        from orchestrator.hub import start_hub
+        from orchestrator.hub import ActorHub, start_hub
         from orchestrator.shared import share
         from orchestrator.state import TaskState
-        from orchestrator.tune_display import Forward, SearchMonitor, activate
-        from orchestrator.tune_trial import TrialInputs, make_scheduler, run_trial, trial_name
+        from orchestrator.tune.monitor import Forward, SearchMonitor, activate
+        from orchestrator.tune.results import trial_name
+        from orchestrator.tune.trial import TrialInputs, make_scheduler, run_trial
 
         plan, options = self.plan, self.options
         refs = share(plan.backbone, plan.sequences)  # one put of each for the whole search
-        hub = start_hub([TaskState(trial_name(p["task"], p["sample"]), plan.job.task(p["task"]).kind,
-                                   plan.job.task(p["task"]).metric) for p in plan.points])
+        hub = ActorHub(start_hub([TaskState(trial_name(p["task"], p["sample"]), plan.job.task(p["task"]).kind,
+                                            plan.job.task(p["task"]).metric) for p in plan.points]))
         inputs = TrialInputs(refs, {t.name: (t, ray.put(plan.task_data[t.name])) for t in plan.tasks}, plan.settings,
                              hub, options.cpus_per_trial, options.gpus_per_trial, options.evals)
         trainable = tune.with_resources(tune.with_parameters(run_trial, inputs=inputs),
@@ -217,7 +190,7 @@ class TuneSearch:
 
     def _write(self, grid, statuses: dict) -> SearchOutcome:
         """trials.parquet always; best.json and the tuned spec once every trial has ended."""
-        from orchestrator.tune_results import best_per_task, trial_row, write_best, write_trials, write_tuned_spec
+        from orchestrator.tune.results import best_per_task, trial_row, write_best, write_trials, write_tuned_spec
         from orchestrator.worker import error_text
 
         plan = self.plan

@@ -1,4 +1,4 @@
-"""Tables and the plot of a reproduction (orchestrator/reproduce.py), from its merged result rows.
+"""Tables and the plot of a reproduction (reproduce/pipeline.py), from its merged result rows.
 
 No Ray and no torch here: rows in, Markdown and a PNG out.
 """
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.atomic import staged_file
+
 ARCH_TITLES = {
     "noncausal": "Non-causal backbone (GRec encoder, cloze pretraining): the architecture of the paper's Table 3",
     "causal": "Causal backbone (NextItNet, next-item pretraining)",
@@ -18,7 +20,7 @@ ARCH_TITLES = {
 
 
 def _labels():
-    from orchestrator.reproduce import GRID_TASKS, METHODS
+    from reproduce.grid import GRID_TASKS, METHODS
 
     return {m.name: m.label for m in METHODS}, {t.name: t.label for t in GRID_TASKS}
 
@@ -158,7 +160,7 @@ def selection_markdown(rows: list[dict], config) -> tuple[dict[str, float], str]
                 if values:
                     cells = [f"{values[lr]:.3f}" if values.get(lr) is not None else "" for lr in lrs]
                     out.append(f"| {method_labels[name]} | {task_labels[task]} | " + " | ".join(cells) + " |")
-    out += ["", "Chosen (orchestrator/reproduce.py, REPRODUCE_LR):", "", "```python",
+    out += ["", "Chosen (reproduce/grid.py, REPRODUCE_LR):", "", "```python",
             "REPRODUCE_LR = {", *(f'    "{k}": {chosen[k]:g},' for k in config.methods if k in chosen), "}", "```",
             ""]
     return chosen, "\n".join(out)
@@ -222,6 +224,7 @@ def tradeoff_plot(rows: list[dict], path: Path, tasks: list[str] | None = None,
         fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with staged_file(path) as staging:
+        fig.savefig(staging, dpi=110, format="png")
     plt.close(fig)
     return path

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peterrec.backbone import Backbone
-from peterrec.patches import BlockPatches, TaskPatches
+from peterrec.patches import PATCH_INPUT, BlockPatches, TaskPatches
 
 STRATEGIES = ("auto", "group", "bmm")
 BMM_FROM_K = 4  # "auto" uses bmm from this many tasks in a batch (see module docstring)
@@ -100,13 +100,15 @@ class PackedPatches:
             for k, idx in self.segments:
                 rank[idx] = torch.arange(self.counts[k], device=device)
             self.dest = self.task_of_row * self.n_max + rank  # (B,)
-        # Which tensor a patch reads; a task without patches adds zero either way.
-        insertions = {self.patches[k].config.insertion for k in present if self.patches[k] is not None}
-        self.all_serial, self.all_parallel = insertions <= {"serial"}, insertions == {"parallel"}
-        self.row_serial = None
-        if not (self.all_serial or self.all_parallel):
-            serial = [p is not None and p.config.insertion == "serial" for p in self.patches]
-            self.row_serial = torch.tensor(serial, device=device)[self.task_of_row][:, None, None]  # (B, 1, 1)
+        # Which tensor a patch reads (patches.PATCH_INPUT), per insertion kind present; a task without
+        # patches adds zero whatever it reads, so it takes the first kind.
+        kinds = [None if p is None else p.config.insertion for p in self.patches]
+        present_kinds = sorted({kinds[k] for k in present if kinds[k] is not None}) or [next(iter(PATCH_INPUT))]
+        self.insertions = present_kinds
+        self.row_kind = None  # (B, 1, 1) index into self.insertions per row, when the pack mixes kinds
+        if len(present_kinds) > 1:
+            of_task = [present_kinds.index(k) if k is not None else 0 for k in kinds]
+            self.row_kind = torch.tensor(of_task, device=device)[self.task_of_row][:, None, None]
         self.any_ln2 = any(p is not None and p.config.train_layernorm2 for p in self.patches)
 
     def group_apply(self, fn, *tensors: torch.Tensor) -> torch.Tensor:
@@ -163,12 +165,9 @@ class _PackedBlock:
                 bp = pack.task_block(k, self.i)
                 return h if bp is None else bp.conv(which, x, h)
             return pack.group_apply(one, conv_in, conv_out)
-        if pack.all_serial:
-            src = conv_out
-        elif pack.all_parallel:
-            src = conv_in
-        else:
-            src = torch.where(pack.row_serial, conv_out, conv_in)  # (B, L, C)
+        src = PATCH_INPUT[pack.insertions[0]](conv_in, conv_out)  # (B, L, C)
+        for i, kind in enumerate(pack.insertions[1:], start=1):  # a pack mixing kinds: each row its own
+            src = torch.where(pack.row_kind == i, PATCH_INPUT[kind](conv_in, conv_out), src)
         patches = [None if bp is None else (bp.patch1 if which == 0 else bp.patch2)
                    for bp in (pack.task_block(k, self.i) for k in range(pack.k))]
         wd, bd, wu, bu = _stack_patch(patches, src.shape[-1], src)

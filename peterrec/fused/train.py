@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from peterrec.backbone import Backbone, user_representation
-from peterrec.fused_patches import PackedPatches
-from peterrec.modes import TaskModel
+from peterrec.fused.patches import PackedPatches
+from peterrec.modes import PACKABLE_MODES
+from peterrec.task_model import TaskModel
 from peterrec.training import (Progress, TrainConfig, TrainResult, make_optimizer, optimizer_step, trainable_parameters,
                                training_steps)
 
-PACKABLE_MODES = ("peterrec", "finecls")
 
 
 @dataclass
@@ -236,5 +236,5 @@ def iter_train_pack(tasks: Sequence[PackTask], device: torch.device | None = Non
         yield from leaving()
 
 
-__all__ = ["PACKABLE_MODES", "PackOutcome", "PackTask", "check_packable", "iter_train_pack", "packed_representations",
+__all__ = ["PackOutcome", "PackTask", "check_packable", "iter_train_pack", "packed_representations",
            "split_representations", "task_loss", "train_pack"]

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from peterrec.backbone import Backbone
-from peterrec.fused_patches import PackedPatches
-from peterrec.fused_train import PACKABLE_MODES, split_representations
-from peterrec.modes import TaskModel
+from peterrec.fused.patches import PackedPatches
+from peterrec.fused.train import split_representations
+from peterrec.modes import PACKABLE_MODES
+from peterrec.task_model import TaskModel
 
 
 def _row_tasks(task_of_row, names: list[str]) -> torch.Tensor:

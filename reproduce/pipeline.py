@@ -5,7 +5,7 @@
     OUT/grid/<arch>.toml       the grid as a task spec: one [[task]] per cell, its settings as overrides
     OUT/jobs/<arch>/           one orchestrated fine-tuning job per backbone (results.parquet + bundle)
     OUT/results.parquet        every cell of both jobs, with arch, task, method, seed, valid and test metric
-    OUT/results.md             Table 3 per architecture (orchestrator/report.py), OUT/tradeoff.png
+    OUT/results.md             Table 3 per architecture (reproduce/report.py), OUT/tradeoff.png
 
 A job holds one backbone, so the two architectures are two jobs, run one after the other on the same
 Ray session; the two pretrainings run side by side as two Ray tasks of that session first.
@@ -20,170 +20,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-ARCHS = ("noncausal", "causal")  # the paper's Table 3 is the non-causal one: it comes first
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row of Table 3: a fine-tuning mode and its patch insertion."""
-
-    name: str  # grid id, part of the cell name
-    label: str  # table row
-    mode: str  # peterrec.modes.MODES
-    insertion: str = "serial"
-
-
-METHODS = (
-    Method("finecls", "FineCLS", "finecls"),
-    Method("finelast", "FineLast", "finelast"),
-    Method("fineall", "FineAll", "fineall"),
-    Method("peterrec_serial", "PeterRec (serial)", "peterrec", "serial"),
-    Method("peterrec_parallel", "PeterRec (parallel)", "peterrec", "parallel"),
-    Method("peterzero", "PeterZero", "peterzero", "serial"),
-)
-
-
-@dataclass(frozen=True)
-class GridTask:
-    """One column of Table 3: an imported MovieLens task."""
-
-    name: str  # the task's name in the imported data directory
-    label: str  # table column
-
-
-GRID_TASKS = (GridTask("coldrec", "ColdRec MRR@5"), GridTask("gender", "Gender acc"), GridTask("age", "Age acc"))
-
-# Fine-tuning learning rate per method, chosen on the validation split by
-# `reproduce --select-lr 3e-4,1e-3,3e-3,1e-2` (docs/RESULTS.md, "Settings"); the rule is mechanical
-# (orchestrator/report.py, select_lrs), so a near tie is settled by validation noise, not by judgement.
-REPRODUCE_LR = {
-    "finecls": 3e-3,
-    "finelast": 1e-3,
-    "fineall": 1e-2,
-    "peterrec_serial": 3e-3,
-    "peterrec_parallel": 3e-3,
-    "peterzero": 1e-3,
-}
-
-
-@dataclass(frozen=True)
-class ReproduceConfig:
-    """Everything that shapes a reproduction besides the data: backbone, pretraining, fine-tuning, grid."""
-
-    seeds: int = 3  # fine-tuning seeds per cell (initialisation, shuffling, sampled negatives)
-    methods: tuple[str, ...] = tuple(m.name for m in METHODS)
-    tasks: tuple[str, ...] = tuple(t.name for t in GRID_TASKS)
-    archs: tuple[str, ...] = ARCHS
-    # backbone: the reference code's block (kernel 3, dilations [1,4] repeated) at C = 64; two repeats
-    # already see 60 positions back, more than max_len
-    channels: int = 64
-    dilations: tuple[int, ...] = (1, 4, 1, 4)
-    max_len: int = 50
-    # pretraining (reference code: Adam, lr 1e-3, batch 32); the best validation-loss epoch is kept
-    pretrain_epochs: int = 40  # a cap: stops once the validation loss has not improved for `patience` epochs
-    pretrain_patience: int = 5
-    pretrain_batch: int = 32
-    pretrain_lr: float = 1e-3
-    pretrain_valid_fraction: float = 0.05
-    pretrain_seed: int = 0
-    pretrain_windows: bool = True  # every max_len window of a sequence is an example, not only the latest
-    # fine-tuning: epochs are a cap, the best validation epoch is kept
-    epochs_classify: int = 15
-    epochs_coldrec: int = 20
-    batch_size: int = 64
-    max_steps: int | None = None
-    lr: dict = field(default_factory=lambda: dict(REPRODUCE_LR))
-    eval_negatives: int = 99  # the paper's protocol: the true item among 100 candidates
-    import_seed: int = 0  # MovieLens catalogue and user split
-
-    def __post_init__(self):
-        object.__setattr__(self, "methods", tuple(self.methods))
-        object.__setattr__(self, "tasks", tuple(self.tasks))
-        object.__setattr__(self, "archs", tuple(self.archs))
-        object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
-        problems = []
-        known = {m.name for m in METHODS}
-        if self.seeds < 1:
-            problems.append(f"seeds must be >= 1 (got {self.seeds})")
-        for what, values, allowed in (("methods", self.methods, known),
-                                      ("tasks", self.tasks, {t.name for t in GRID_TASKS}),
-                                      ("archs", self.archs, set(ARCHS))):
-            unknown = [v for v in values if v not in allowed]
-            if unknown or not values:
-                problems.append(f"{what} must be a non-empty subset of {sorted(allowed)} (got {list(values)})")
-        missing = sorted(known.intersection(self.methods) - set(self.lr))
-        if missing:
-            problems.append(f"no learning rate for method(s) {missing}")
-        for name, value in (("pretrain_epochs", self.pretrain_epochs), ("epochs_classify", self.epochs_classify),
-                            ("epochs_coldrec", self.epochs_coldrec), ("batch_size", self.batch_size),
-                            ("pretrain_batch", self.pretrain_batch), ("max_len", self.max_len)):
-            if value < 1:
-                problems.append(f"{name} must be >= 1 (got {value})")
-        if problems:
-            raise ValueError("invalid ReproduceConfig: " + "; ".join(problems))
-
-    @classmethod
-    def quick(cls, **changes) -> "ReproduceConfig":
-        """The smoke variant: the whole grid shape (every method, task and architecture, one seed) on
-        a tiny backbone with a few steps each; it shows the pipeline works, not the paper's ordering."""
-        small = dict(seeds=1, channels=16, dilations=(1, 4), max_len=20, pretrain_epochs=1, pretrain_batch=64,
-                     epochs_classify=1, epochs_coldrec=1, max_steps=4)
-        return cls(**{**small, **changes})
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for key in ("methods", "tasks", "archs", "dilations"):
-            d[key] = list(d[key])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ReproduceConfig":
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One grid cell: a task fine-tuned by a method with a seed (and, in a selection, a learning rate)."""
-
-    task: str
-    method: Method
-    seed: int
-    lr: float
-
-    def name(self, tag_lr: bool = False) -> str:
-        lr = f"__lr{self.lr:g}" if tag_lr else ""
-        return f"{self.task}__{self.method.name}{lr}__s{self.seed}"
-
-    def overrides(self, config: ReproduceConfig, kind: str) -> dict:
-        epochs = config.epochs_coldrec if kind == "coldrec" else config.epochs_classify
-        out = {"mode": self.method.mode, "insertion": self.method.insertion, "seed": self.seed, "lr": self.lr,
-               "epochs": epochs, "batch_size": config.batch_size}
-        if config.max_steps:
-            out["max_steps"] = config.max_steps
-        return out
-
-
-def method(name: str) -> Method:
-    return next(m for m in METHODS if m.name == name)
-
-
-def grid_cells(config: ReproduceConfig, lrs: list[float] | None = None) -> list[Cell]:
-    """The grid, costliest cells first (cold-start has 3x the rows; FineAll trains the most), so that
-    the last tasks of a job are short ones and the cores do not idle at its end."""
-    cost_task = {"coldrec": 0, "age": 1, "gender": 2}
-    cost_method = {"fineall": 0, "finelast": 1, "peterrec_parallel": 2, "peterrec_serial": 3, "peterzero": 4,
-                   "finecls": 5}
-    cells = [Cell(task, method(m), seed, lr)
-             for task in config.tasks for m in config.methods for seed in range(config.seeds)
-             for lr in (lrs or [config.lr[m]])]
-    return sorted(cells, key=lambda c: (cost_task.get(c.task, 9), cost_method[c.method.name], c.lr, c.seed))
-
+from reproduce.grid import Cell, ReproduceConfig, grid_cells
+from tasks.atomic import staged_file, write_json_atomic, write_text_atomic
 
 # Data --------------------------------------------------------------------------------------------------
 
@@ -209,89 +53,14 @@ def backbone_config(config: ReproduceConfig, arch: str, vocab_size: int):
                           causal=arch == "causal", max_len=config.max_len)
 
 
-def window_arrays(sequences, rows: np.ndarray, width: int, step: int) -> np.ndarray:
-    """Left-padded (N, width) windows over the given rows' sequences, cut from the most recent item back
-    every `step` items, so the whole history is trained on and not only its latest `width` items.
-    Windows with fewer than 2 items (nothing to predict from) are dropped."""
-    windows = []
-    for row in rows:
-        items = sequences.sequence(int(row))
-        for end in range(len(items), 1, -step):
-            windows.append(items[max(0, end - width):end])
-    cut = type(sequences).from_lists([str(i) for i in range(len(windows))], windows, sequences.vocab_size)
-    return cut.padded(np.arange(len(windows)), width)
-
-
-def pretrain_one(sequences, backbone_cfg, config: ReproduceConfig, threads: int = 1) -> dict:
-    """Pretrain one backbone, validating after every epoch; keeps the epoch with the lowest validation
-    loss. Returns its tensors as numpy arrays (backbone.*, output.*) and the validation curve."""
-    import torch
-
-    from peterrec.backbone import Backbone
-    from peterrec.objectives import make_objective
-    from peterrec.pretrain import mean_loss, pretrain_arrays, split_users
-    from peterrec.training import TrainConfig, train
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(config.pretrain_seed)
-    device = torch.device("cpu")
-    backbone = Backbone(backbone_cfg)
-    objective = make_objective(backbone)
-    train_rows, valid_rows = split_users(len(sequences), config.pretrain_valid_fraction, config.pretrain_seed)
-    valid_items = pretrain_arrays(sequences, backbone_cfg, valid_rows)  # the latest window of held-out users
-    if config.pretrain_windows:  # causal windows overlap by one item, so every item is a target once
-        train_items = window_arrays(sequences, train_rows, valid_items.shape[1], backbone_cfg.max_len)
-    else:
-        train_items = pretrain_arrays(sequences, backbone_cfg, train_rows)
-    before = mean_loss(objective, valid_items, device)
-    train_config = TrainConfig(epochs=config.pretrain_epochs, batch_size=config.pretrain_batch,
-                               lr=config.pretrain_lr, seed=config.pretrain_seed, keep_best=True)
-    best = {"loss": float("inf"), "epoch": 0}
-
-    def patience(progress) -> bool:  # after each epoch's validation: stop once it has flattened
-        if -progress.metric < best["loss"]:
-            best.update(loss=-progress.metric, epoch=progress.epoch)
-        return progress.epoch - best["epoch"] >= config.pretrain_patience
-
-    # The loop maximises its metric: the negated validation loss.
-    result = train(objective, (train_items,), train_config, device,
-                   evaluate=lambda: -mean_loss(objective, valid_items, device), on_epoch_end=patience)
-    after = mean_loss(objective, valid_items, device)
-    curve = [{"epoch": h["epoch"] + 1, "step": h["step"], "train_loss": h["loss"], "valid_loss": -h["metric"]}
-             for h in result.history]
-    tensors = {f"backbone.{k}": v.detach().cpu().numpy() for k, v in backbone.state_dict().items()}
-    tensors |= {f"output.{k}": v.detach().cpu().numpy() for k, v in objective.output.state_dict().items()}
-    return {"tensors": tensors, "curve": curve, "steps": result.steps, "examples": len(train_items),
-            "seconds": result.seconds, "valid_loss_before": before, "valid_loss_after": after,
-            "best_epoch": min(curve, key=lambda c: c["valid_loss"])["epoch"] if curve else None,
-            "train": train_config.to_dict()}
-
-
-def save_pretrained(path: Path, backbone_cfg, outcome: dict) -> None:
-    import torch
-
-    from peterrec.backbone import Backbone
-    from peterrec.checkpoint import save_checkpoint
-    from peterrec.objectives import ItemSoftmax
-
-    tensors = {k: torch.from_numpy(np.array(v)) for k, v in outcome["tensors"].items()}
-    backbone = Backbone(backbone_cfg)
-    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in tensors.items()
-                              if k.startswith("backbone.")})
-    output = ItemSoftmax(backbone_cfg.channels, backbone_cfg.vocab_size)
-    output.load_state_dict({k.removeprefix("output."): v for k, v in tensors.items() if k.startswith("output.")})
-    info = {"pretraining": {key: outcome[key] for key in ("curve", "steps", "examples", "seconds", "valid_loss_before",
-                                                          "valid_loss_after", "best_epoch", "train")}}
-    info["pretraining"]["objective"] = "next-item" if backbone_cfg.causal else "cloze"
-    save_checkpoint(path, backbone, output, info, force=True)
-
-
 def pretrain_backbones(spec_path: Path, out: Path, config: ReproduceConfig, resume: bool,
                        log: Callable[[str], None] = print) -> dict[str, Path]:
-    """OUT/backbones/<arch> for every architecture, pretrained side by side as Ray tasks of the session
-    (one CPU each); kept as they are on --resume."""
-    import ray
-
+    """OUT/backbones/<arch> for every architecture, pretrained side by side (one Ray task and one CPU
+    each, orchestrator.pretrain.side_by_side) with peterrec.pretrain's recipe: windows over each whole
+    history, the best validation-loss epoch kept; kept as they are on --resume."""
+    from orchestrator.pretrain.side_by_side import pretrain_side_by_side
+    from peterrec.checkpoint import save_checkpoint
+    from peterrec.training import TrainConfig
     from tasks import load_spec, read_sequences
 
     paths = {arch: out / "backbones" / arch for arch in config.archs}
@@ -300,20 +69,18 @@ def pretrain_backbones(spec_path: Path, out: Path, config: ReproduceConfig, resu
         return paths
     job = load_spec(spec_path)
     sequences = read_sequences(job.sequences, job.vocab_size)
-    sequences_ref = ray.put(sequences)
-    remote = ray.remote(num_cpus=1, max_retries=0)(pretrain_one)
-    configs = {arch: backbone_config(config, arch, job.vocab_size) for arch in todo}
-    refs = {remote.remote(sequences_ref, configs[arch], config): arch for arch in todo}
+    train_config = TrainConfig(epochs=config.pretrain_epochs, batch_size=config.pretrain_batch,
+                               lr=config.pretrain_lr, seed=config.pretrain_seed, keep_best=True)
+    runs = {arch: {"config": backbone_config(config, arch, job.vocab_size), "train_config": train_config,
+                   "valid_fraction": config.pretrain_valid_fraction, "windows": config.pretrain_windows,
+                   "patience": config.pretrain_patience} for arch in todo}
     log(f"pretraining {', '.join(todo)} backbone(s) on {len(sequences):,} users, {job.vocab_size - 1:,} items, "
         f"{config.pretrain_epochs} epochs each, side by side")
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        arch = refs[ready[0]]
-        outcome = ray.get(ready[0])
-        save_pretrained(paths[arch], configs[arch], outcome)
-        log(f"  {arch}: validation loss {outcome['valid_loss_before']:.3f} -> {outcome['valid_loss_after']:.3f} "
-            f"(best epoch {outcome['best_epoch']} of {config.pretrain_epochs}, {outcome['seconds']:.0f} s)")
+    for arch, outcome in pretrain_side_by_side(sequences, runs):
+        save_checkpoint(paths[arch], outcome.backbone, outcome.objective.output, outcome.info(train_config),
+                        force=True)
+        log(f"  {arch}: validation loss {outcome.valid_loss_before:.3f} -> {outcome.valid_loss_after:.3f} "
+            f"(best epoch {outcome.best_epoch} of {config.pretrain_epochs}, {outcome.result.seconds:.0f} s)")
     return paths
 
 
@@ -336,22 +103,19 @@ def write_grid_spec(data_spec: Path, path: Path, cells: list[Cell], config: Repr
                                                   "(task__method__seed), one orchestrated job per backbone."])
 
 
-def finetune_settings(config: ReproduceConfig):
-    """The job-wide settings under each cell's overrides."""
-    from peterrec.finetune import FinetuneSettings
-    from peterrec.training import TrainConfig
-
-    return FinetuneSettings(train=TrainConfig(batch_size=config.batch_size), eval_negatives=config.eval_negatives)
-
-
 def run_job(spec: Path, backbone: Path, job_dir: Path, config: ReproduceConfig, options, resume: bool,
             display: Callable | None = None):
-    """One orchestrated fine-tuning job over the grid spec (the Ray session is already up)."""
+    """One orchestrated fine-tuning job over the grid spec (the Ray session is already up): every cell's
+    method, seed and learning rate are its overrides, over the job-wide settings below."""
     from orchestrator.client import JobClient
     from orchestrator.job import FinetuneJob
-    from orchestrator.plan import plan_job
+    from orchestrator.plan import plan_for
+    from orchestrator.settings import JobSettings, TrainingSettings
 
-    plan = plan_job(spec, backbone, job_dir, finetune_settings(config), resume=resume, force=not resume)
+    training = TrainingSettings(batch_size=config.batch_size, eval_negatives=config.eval_negatives)
+    settings = JobSettings(backbone=str(backbone), tasks=str(spec), out=str(job_dir), resume=resume, force=not resume,
+                           training=training)
+    plan = plan_for(settings)
     try:
         job = FinetuneJob(plan, options)
         if display is None:
@@ -421,19 +185,16 @@ def collect(jobs: dict[str, Path], cells: list[Cell], tag_lr: bool = False) -> l
                 cell = by_name.get(row["task"])
                 if cell is None:
                     continue
-                valid = fineall = None
+                valid = None
                 if row["status"] == "done" and bundle is not None:
-                    entry = bundle.config(row["task"])
-                    valid = entry["metrics"].get("valid", {}).get(row["metric"])
-                    if row["ratio_vs_fineall"]:
-                        fineall = round(100.0 * row["trained_params"] / row["ratio_vs_fineall"])
+                    valid = bundle.config(row["task"])["metrics"].get("valid", {}).get(row["metric"])
                 m = cell.method
                 rows.append({"arch": arch, "task": cell.task, "method": m.name, "method_label": m.label,
                              "mode": m.mode, "insertion": m.insertion if m.mode in ("peterrec", "peterzero") else None,
                              "seed": cell.seed, "lr": cell.lr, "cell": row["task"], "kind": row["kind"],
                              "status": row["status"], "metric": row["metric"], "value": row["value"],
                              "valid_value": valid, "trained_params": row["trained_params"],
-                             "backbone_params": row["backbone_params"], "fineall_params": fineall,
+                             "backbone_params": row["backbone_params"], "fineall_params": row["fineall_params"],
                              "ratio_vs_fineall": row["ratio_vs_fineall"], "seconds": row["seconds"],
                              "error": row["error"]})
         finally:
@@ -455,7 +216,8 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
         ("seconds", pa.float64()), ("error", pa.string()),
     ])
     table = pa.Table.from_pylist([{c: r.get(c) for c in RESULT_COLUMNS} for r in rows], schema=schema)
-    pq.write_table(table, path)
+    with staged_file(path) as staging:
+        pq.write_table(table, staging)
     return path
 
 
@@ -510,7 +272,7 @@ def prepare_out(out: Path, config: ReproduceConfig, resume: bool, force: bool, s
             elif target.exists():
                 target.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(saved, record)
 
 
 def record_timings(path: Path, timings: dict[str, float], resume: bool) -> None:
@@ -518,7 +280,7 @@ def record_timings(path: Path, timings: dict[str, float], resume: bool) -> None:
     is kept)."""
     runs = json.loads(path.read_text()).get("runs", []) if resume and path.exists() else []
     runs.append({"resumed": resume, **{k: round(v, 1) for k, v in timings.items()}})
-    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    write_json_atomic(path, {"runs": runs})
 
 
 def reproduce(movielens: Path, out: Path, config: ReproduceConfig, options, *, command: str,
@@ -528,7 +290,7 @@ def reproduce(movielens: Path, out: Path, config: ReproduceConfig, options, *, c
     write the merged results, the tables and the plot. With `select_lrs` the grid is every method at
     each of those learning rates (one seed): the validation report that chose REPRODUCE_LR."""
     from orchestrator.cluster import connect
-    from orchestrator.report import selection_markdown, table_markdown, tradeoff_plot
+    from reproduce.report import selection_markdown, table_markdown, tradeoff_plot
 
     start = time.perf_counter()
     out = Path(out)
@@ -566,14 +328,14 @@ def reproduce(movielens: Path, out: Path, config: ReproduceConfig, options, *, c
         files["results"] = write_rows(out / "selection.parquet", rows)
         _, text = selection_markdown(rows, config)
         files["table"] = out / "selection.md"
-        files["table"].write_text(text)
+        write_text_atomic(files["table"], text)
     else:
         files["results"] = write_rows(out / "results.parquet", rows)
         files["table"] = out / "results.md"
         reference = references(spec, config)
         pretraining = {arch: json.loads((path / "config.json").read_text()).get("pretraining", {})
                        for arch, path in backbones.items()}
-        files["table"].write_text(table_markdown(rows, config, command=command, references=reference,
+        write_text_atomic(files["table"], table_markdown(rows, config, command=command, references=reference,
                                                  pretraining=pretraining))
         files["plot"] = tradeoff_plot(rows, out / "tradeoff.png", list(config.tasks), reference)
     seconds = time.perf_counter() - start

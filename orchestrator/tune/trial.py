@@ -19,19 +19,14 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from orchestrator.cluster import node_label
 from orchestrator.shared import SharedRefs, shared_backbone, shared_sequences
+from orchestrator.tune.results import META_KEYS, trial_name
 from orchestrator.worker import HubReporter, InjectedFailure, error_text, worker_device
 from peterrec.finetune import FinetuneSettings, finetune_task, with_overrides
 from peterrec.training import Progress
 
 METRIC = "valid_metric"  # every task's own validation metric (accuracy, mrr@5, ...): higher is better
 MODE = "max"
-META_KEYS = ("task", "sample")  # config keys that say which trial this is; the rest are overrides
 FAULTS_ENV = "PETERREC_FAIL_TRIALS"
-
-
-def trial_name(task: str, sample: int) -> str:
-    """The trial's entry in the progress hub."""
-    return f"{task}#{sample}"
 
 
 @dataclass
@@ -41,7 +36,7 @@ class TrialInputs:
     shared: SharedRefs
     tasks: dict  # task name -> (TaskSpec, ObjectRef of its TaskData)
     settings: FinetuneSettings  # the command line's; the task's overrides and the trial's config go on top
-    hub: object  # ProgressHub actor
+    hub: object  # orchestrator.hub.ActorHub
     cpus: float
     gpus: float
     evals: int  # evaluations per trial: the rungs ASHA can compare trials at
@@ -73,7 +68,7 @@ def run_trial(config: dict, inputs: TrialInputs) -> None:
     spec, data_ref = inputs.tasks[task]
     name = trial_name(task, sample)
     device = worker_device(inputs.cpus, inputs.gpus)
-    attempt, _ = ray.get(inputs.hub.started.remote(name, node_label(), os.getpid()))
+    attempt, _ = inputs.hub.started(name, node_label(), os.getpid())
     try:
         if attempt <= injected_failures(name):
             raise InjectedFailure(f"injected failure of attempt {attempt} ({FAULTS_ENV})")
@@ -91,7 +86,7 @@ def run_trial(config: dict, inputs: TrialInputs) -> None:
         run_spec = replace(spec, overrides={**overrides, "log_every": 1})
         outcome = finetune_task(backbone, run_spec, data, sequences, inputs.settings, device, reporter)
     except Exception as e:  # reported, then raised so that Tune retries the trial (FailureConfig)
-        inputs.hub.attempt_failed.remote(name, attempt, error_text(e))
+        inputs.hub.attempt_failed(name, attempt, error_text(e))
         raise
     valid = outcome.valid[spec.metric]
     tune.report({METRIC: valid, "best_valid": max(reporter.best, valid), "test_value": outcome.value,

@@ -5,7 +5,7 @@ the object store once (numpy CSR arrays); each worker pads its own shard of the 
 seeded DistributedSampler-style split) and runs the project's one training loop (peterrec.training)
 on the DDP-wrapped objective, with the global --batch-size split across the workers. At the end of
 each epoch rank 0 measures the validation loss and reports a Ray Train checkpoint: the backbone
-checkpoint format (safetensors + JSON) plus the optimizer and step (orchestrator.pretrain_state).
+checkpoint format (safetensors + JSON) plus the optimizer and step (orchestrator.pretrain.state).
 
 Storage: STORAGE/pretrain (Ray Train's run directory) and STORAGE/peterrec-pretrain.json (the
 settings the run started with). Running again with the same storage resumes: Ray Train V2 (ray 2.60)
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from tasks.atomic import write_json_atomic
 
 RUN_NAME = "pretrain"  # Ray Train's run directory inside the storage
 SETTINGS_FILE = "peterrec-pretrain.json"
@@ -120,9 +122,7 @@ def prepare_storage(storage: Path, settings: dict, resume: bool, force: bool) ->
                                   f"or --force to start over")
         shutil.rmtree(storage)
     storage.mkdir(parents=True, exist_ok=True)
-    tmp = saved_path.with_name(f".{SETTINGS_FILE}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, saved_path)
+    write_json_atomic(saved_path, settings)
 
 
 @dataclass
@@ -172,8 +172,8 @@ def _fit(sequences, config, train_config, options: RayOptions, sampled_softmax: 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.hub import start_hub
-    from orchestrator.pretrain_state import load_weights
+    from orchestrator.hub import ActorHub, start_hub
+    from orchestrator.pretrain.state import load_weights
     from orchestrator.state import TaskState
     from peterrec.backbone import Backbone
     from peterrec.objectives import make_objective
@@ -183,7 +183,7 @@ def _fit(sequences, config, train_config, options: RayOptions, sampled_softmax: 
     train_rows, valid_rows = split_users(len(sequences), valid_fraction, train_config.seed)
     data = ray.put({"offsets": sequences.offsets, "items": sequences.items, "vocab_size": sequences.vocab_size,
                     "train_rows": train_rows, "valid_rows": valid_rows})  # the one put of the sequences
-    hub = start_hub([TaskState(TASK, "pretrain", "valid loss")])
+    hub = ActorHub(start_hub([TaskState(TASK, "pretrain", "valid loss")]))
     worker_train = replace(train_config, batch_size=rank_batch_size(train_config.batch_size, options.workers))
     trainer = TorchTrainer(
         train_worker,
@@ -204,7 +204,7 @@ def _fit(sequences, config, train_config, options: RayOptions, sampled_softmax: 
                              f"checkpoint in {options.storage}") from None
     finally:
         follower.finish()
-        ray.kill(hub)
+        ray.kill(hub.actor)
     summary = result.return_value
     if result.checkpoint is None or not summary:
         raise PretrainFailed(f"the run in {options.storage} stopped before its end (interrupted?); `--resume` "
@@ -230,11 +230,9 @@ class _Follower(threading.Thread):
         self.version = 0
 
     def poll(self) -> None:
-        import ray
-
         from peterrec.training import Progress
 
-        snapshot = ray.get(self.hub.snapshot.remote(self.version), timeout=10)
+        snapshot = self.hub.snapshot(self.version, timeout=10)
         self.version = snapshot["version"]
         task = snapshot["tasks"].get(TASK)
         if task and task["total"] and self.on_progress:
@@ -271,7 +269,7 @@ def train_worker(config: dict) -> dict | None:
     import ray.train.torch
     import torch
 
-    from orchestrator.pretrain_state import load_train_state, load_weights, save_train_state
+    from orchestrator.pretrain.state import load_train_state, load_weights, save_train_state
     from orchestrator.shared import SequenceArrays
     from peterrec.backbone import Backbone
     from peterrec.checkpoint import save_checkpoint
@@ -309,12 +307,12 @@ def train_worker(config: dict) -> dict | None:
     start_step = int(state["step"])
     if rank == 0 and state["valid_loss_before"] is None:
         state["valid_loss_before"] = mean_loss(objective, valid_items, device)
-    attempt = ray.get(hub.started.remote(TASK, ray.util.get_node_ip_address(), os.getpid()))[0] if rank == 0 else 0
+    attempt = hub.started(TASK, ray.util.get_node_ip_address(), os.getpid())[0] if rank == 0 else 0
     latest_valid = {"loss": state["history"][-1]["valid_loss"] if state["history"] else None}
 
     def on_progress(p) -> None:
         if rank == 0:
-            hub.report.remote(TASK, attempt, p.step, p.total_steps, p.epoch, p.loss, latest_valid["loss"],
+            hub.report(TASK, attempt, p.step, p.total_steps, p.epoch, p.loss, latest_valid["loss"],
                               p.samples_per_s * world)
 
     def on_epoch_end(p) -> None:

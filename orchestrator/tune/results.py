@@ -1,20 +1,22 @@
-"""What a search leaves in OUT: trials.parquet (every trial), best.json (per task) and tasks.toml (the input
-spec with each task's best overrides, ready for `finetune`). No Ray here: rows are plain dicts.
+"""What a search leaves in OUT, and the one way to read it back: trials.parquet (every trial), best.json (per
+task) and tasks.toml (the input spec with each task's best overrides, ready for `finetune`). No Ray here:
+rows are plain dicts, or Trial records for readers; best_trial is the one rule for a task's best.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.atomic import staged_file, write_text_atomic
+
 TRIALS_FILE, BEST_FILE, SPEC_FILE = "trials.parquet", "best.json", "tasks.toml"
+META_KEYS = ("task", "sample")  # config keys that say which trial this is; the rest are overrides
 # Trial status: done (its whole budget), stopped (early, by ASHA), failed (every attempt),
 # unfinished (the search was interrupted before it ended; --resume runs it).
 DONE, STOPPED, FAILED, UNFINISHED = "done", "stopped", "failed", "unfinished"
@@ -36,6 +38,11 @@ SCHEMA = pa.schema([
     pa.field("backbone_zero_copy", pa.bool_()),  # the trial's backbone was the object store's memory
     pa.field("error", pa.string()),
 ])
+
+
+def trial_name(task: str, sample: int) -> str:
+    """A trial's name: its entry in the progress hub and in displays."""
+    return f"{task}#{sample}"
 
 
 def _number(value) -> float | None:
@@ -61,19 +68,112 @@ def write_trials(out_dir: Path, rows: list[dict]) -> Path:
     rows = sorted(rows, key=lambda r: (r["task"], r["sample"]))
     table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
     path = Path(out_dir) / TRIALS_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".trials.", suffix=".parquet.tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with staged_file(path) as staging:
+        pq.write_table(table, staging)
     return path
 
 
-def read_trials(out_dir: Path) -> list[dict]:
+# Reading ----------------------------------------------------------------------------------------------------
+
+REQUIRED = ("task", "trial_id", "config", "score", "status")  # what a reader cannot do without
+ENDED_STATUSES = {"done": DONE, "terminated": DONE, "stopped": STOPPED, "failed": FAILED, "error": FAILED}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One row of trials.parquet, as readers see it: config parsed, status in lower case."""
+
+    task: str
+    trial_id: str
+    config: dict
+    score: float | None  # best validation metric (higher is better); None when none was reported
+    status: str  # as written: done, stopped, failed, unfinished (Tune's own words are read too)
+    sample: int | None = None  # 0 is the task's baseline
+    metric: str | None = None
+    test_value: float | None = None
+    error: str | None = None
+
+    @property
+    def baseline(self) -> bool:
+        return self.sample == 0
+
+    @property
+    def state(self) -> str:
+        """done (its whole budget), stopped (early), failed, or open (running, pending, unfinished)."""
+        return ENDED_STATUSES.get(self.status, "open")
+
+
+def read_trials(out_dir: Path) -> list[Trial]:
+    """The trials of OUT/trials.parquet; FileNotFoundError / ValueError naming the file, row and column
+    when it is missing or does not fit (a file written by hand or another tool needs only REQUIRED)."""
     path = Path(out_dir) / TRIALS_FILE
-    return pq.read_table(path, schema=SCHEMA).to_pylist() if path.exists() else []
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (expected the trial table of a `tune` run)")
+    table = pq.read_table(path)
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(REQUIRED)}")
+    optional = [c for c in ("sample", "metric", "test_value", "error") if c in table.column_names]
+    trials = []
+    for i, row in enumerate(table.select([*REQUIRED, *optional]).to_pylist()):
+        try:
+            config = json.loads(row["config"]) if row["config"] else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: row {i}, column 'config': not a JSON object ({e})") from None
+        status = str(row["status"] or "").lower()
+        trials.append(Trial(str(row["task"]), str(row["trial_id"]),
+                            config if isinstance(config, dict) else {"config": config}, _number(row["score"]),
+                            status, row.get("sample"), row.get("metric"),
+                            _number(row.get("test_value")), row.get("error")))
+    return trials
+
+
+def best_trial(trials: list, final: bool = False):
+    """The best of one task's trials (Trial records or trials.parquet rows): the best-scored trial that ran its
+    whole budget (done), ties to the earlier sample (the baseline first); while none has, the best scored
+    so far, unless `final` (a finished search's best must have run its whole budget). None: no candidate."""
+    def get(t, key):
+        return t[key] if isinstance(t, dict) else getattr(t, key)
+
+    def done(t) -> bool:
+        return (t["status"] if isinstance(t, dict) else t.state) == DONE
+
+    scored = [t for t in trials if get(t, "score") is not None]
+    pool = [t for t in scored if done(t)] or ([] if final else scored)
+    return max(pool, key=lambda t: (get(t, "score"), -(get(t, "sample") or 0))) if pool else None
+
+
+class SearchResults:
+    """A search directory read back for a UI: its trials, re-read only when trials.parquet changes."""
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self._cache: tuple = (None, [])
+
+    @property
+    def path(self) -> Path:
+        return self.out_dir / TRIALS_FILE
+
+    def changed(self) -> bool:
+        """Whether trials.parquet changed since the last read."""
+        return self._stamp() != self._cache[0]
+
+    def trials(self) -> list[Trial]:
+        stamp = self._stamp()
+        if stamp is None or stamp != self._cache[0]:
+            self._cache = (stamp, read_trials(self.out_dir))
+        return list(self._cache[1])
+
+    def _stamp(self):
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    @staticmethod
+    def best(trials: list[Trial]) -> Trial | None:
+        return best_trial(trials)
 
 
 def best_per_task(rows: list[dict], tasks: list) -> dict:
@@ -82,13 +182,12 @@ def best_per_task(rows: list[dict], tasks: list) -> dict:
     best = {}
     for task in tasks:
         mine = [r for r in rows if r["task"] == task.name]
-        done = [r for r in mine if r["status"] == DONE and r["score"] is not None]
         baseline = next((r for r in mine if r["sample"] == 0), None)
-        if not done:
+        top = best_trial(mine, final=True)
+        if top is None:
             errors = sorted({r["error"] for r in mine if r["error"]})
             best[task.name] = {"metric": task.metric, "score": None, "error": "; ".join(errors) or "no trial finished"}
             continue
-        top = max(done, key=lambda r: (r["score"], -r["sample"]))  # ties: the earlier sample (the baseline)
         config = json.loads(top["config"])
         best[task.name] = {
             "metric": task.metric, "score": top["score"], "test_value": top["test_value"],
@@ -104,11 +203,7 @@ def best_per_task(rows: list[dict], tasks: list) -> dict:
 
 def write_best(out_dir: Path, best: dict) -> Path:
     path = Path(out_dir) / BEST_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".best.", suffix=".json.tmp", dir=out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(best, out, indent=2, sort_keys=True)
-        out.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(best, indent=2, sort_keys=True) + "\n")
     return path
 
 

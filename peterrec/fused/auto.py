@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from peterrec.backbone import Backbone
-from peterrec.fused_train import PackTask, check_packable, packed_representations, task_loss
-from peterrec.modes import TaskModel
+from peterrec.fused.train import PackTask, check_packable, packed_representations, task_loss
+from peterrec.task_model import TaskModel
 from peterrec.training import make_optimizer, optimizer_step, trainable_parameters
 
 SINGLE_STEPS = 4  # unpacked steps per measurement round (the tasks in turn); a pack K takes one step

@@ -4,7 +4,7 @@ Each user has D latent traits z ~ N(0, I). Items fall into G genres, each with a
 a user's genre preference is softmax(temperature * z @ directions). A sequence is a sticky Markov
 chain over genres (stay with probability STAY, else redraw from the preference); within a genre
 an item is drawn by Zipf-like popularity, and some items have a fixed follow-up item taken with
-probability FOLLOW, so that order matters for next-item prediction. The tasks in synth_tasks.py
+probability FOLLOW, so that order matters for next-item prediction. The tasks in downstream.py
 read the same traits, which is why pretraining on these sequences helps them.
 """
 

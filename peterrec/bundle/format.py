@@ -15,22 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
-import tarfile
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from peterrec.backbone import Backbone
 from peterrec.config import BackboneConfig, PatchConfig
 from peterrec.efficiency import param_report
-from peterrec.modes import MODES, PATCHED_MODES, TaskModel, build_task_model
-from tasks.atomic import staged_file
+from peterrec.config import REPRESENTATIONS
+from peterrec.modes import MODES, get_mode
+from peterrec.task_model import TaskModel, build_task_model, shapes_only
 
 FORMAT = "peterrec-bundle"
 ADAPTER_FORMAT = "peterrec-adapter"
@@ -40,7 +35,6 @@ CONFIG_FILE = "adapter_config.json"
 MODEL_FILE = "adapter_model.safetensors"
 TASK_FILES = (CONFIG_FILE, MODEL_FILE)
 KINDS = ("classify", "coldrec")
-REPRESENTATIONS = ("auto", "last", "first_last", "mean")  # see backbone.user_representation
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # task names become directory names
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -71,22 +65,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, document: dict) -> None:
-    """Write JSON to a temporary sibling, fsync it, then rename it over `path`."""
-    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    with staged_file(path) as staging, open(staging, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def publish(path: Path) -> Path:
-    """Give a file or directory made by mkstemp / mkdtemp (owner-only) the usual modes before it is renamed
-    into place, so a bundle can be shared like any other output."""
-    os.chmod(path, 0o755 if Path(path).is_dir() else 0o644)
-    return Path(path)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -184,25 +162,10 @@ def build_from_config(backbone: Backbone, config: dict) -> TaskModel:
                                 config["finelast_blocks"], config["representation"], seed=config["seed"])
 
 
-class _SkipValueOps(TorchFunctionMode):
-    """Skips initialisers and other in-place value ops. On the meta device they would only waste time
-    (their python meta kernels import torch._dynamo, seconds on first use); shapes stay exact."""
-
-    OPS = {"normal_", "uniform_", "zero_", "zeros_", "ones_", "fill_", "copy_", "mul_", "add_", "div_", "sub_",
-           "clamp_", "erfinv_", "random_", "bernoulli_", "exponential_", "constant_", "orthogonal_",
-           "xavier_normal_", "xavier_uniform_", "kaiming_normal_", "kaiming_uniform_", "trunc_normal_"}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if getattr(func, "__name__", "") in self.OPS:
-            return args[0] if args else kwargs["tensor"]
-        return func(*args, **kwargs)
-
-
 def expected_task(backbone_config: BackboneConfig, config: dict) -> tuple[dict[str, dict], dict]:
     """({name: {dtype, shape}} the task state of this config must hold, its parameter report), from a
     model built on the meta device: no memory, no backbone weights needed."""
-    with torch.device("meta"), _SkipValueOps():
+    with shapes_only():
         model = build_from_config(Backbone(backbone_config), config)
     return describe(model.task_state_dict()), param_report(model).to_dict()
 
@@ -234,7 +197,7 @@ def check_adapter_config(path: Path, config: dict, entry: dict, fingerprint: str
     if (config.get("backbone") or {}).get("fingerprint") != fingerprint:
         raise BundleError(path, "field 'backbone.fingerprint' differs from index.json's: the task was "
                                 "trained on another backbone")
-    if config.get("mode") in PATCHED_MODES and not isinstance(config.get("patch"), dict):
+    if config.get("mode") in MODES and get_mode(config["mode"]).patched and not isinstance(config.get("patch"), dict):
         raise BundleError(path, f"field 'patch' must describe the patches of mode {config['mode']!r}")
     if not isinstance(config.get("tensors"), dict) or not config["tensors"]:
         raise BundleError(path, "field 'tensors' must list every tensor of the task")
@@ -279,69 +242,3 @@ def sniff_not_safetensors(path: Path) -> str | None:
     if head[:4] == b"PK\x03\x04":
         return "is a zip archive (torch.save format), not safetensors; refusing to load it"
     return f"not a safetensors file (header claims {header_size} bytes; file truncated or not safetensors)"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Files
-
-
-_WRITE_LOCK = threading.Lock()
-
-
-@contextmanager
-def locked(root: Path):
-    """One writer at a time per bundle: a thread lock plus an advisory file lock across processes."""
-    with _WRITE_LOCK, open(root / ".lock", "a") as handle:
-        try:
-            import fcntl  # noqa: PLC0415  (POSIX only)
-
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except ImportError:
-            pass
-        yield
-
-
-def swap_into_place(staging: Path, target: Path) -> None:
-    """Rename `staging` to `target`; an existing target is moved aside first and removed after."""
-    publish(staging)
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def extract_archive(archive: Path, dest: Path) -> None:
-    """Extract only the files a bundle may hold (plain files, known names); nothing else is written."""
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise BundleError(archive, f"not a bundle directory or a readable .tar archive ({e})") from None
-    with tar:
-        try:
-            _extract_members(archive, tar, dest)
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise BundleError(archive, f"unreadable archive ({e})") from None
-
-
-def _extract_members(archive: Path, tar: tarfile.TarFile, dest: Path) -> None:
-    for member in tar:
-        parts = member.name.removeprefix("./").split("/")
-        if member.isdir() and (parts in (["tasks"], [""]) or (len(parts) == 2 and parts[0] == "tasks"
-                                                              and NAME.match(parts[1]))):
-            continue
-        allowed = parts == [INDEX] or (len(parts) == 3 and parts[0] == "tasks" and NAME.match(parts[1])
-                                       and parts[2] in TASK_FILES)
-        if not member.isfile() or not allowed:
-            raise BundleError(archive, f"member {member.name!r} is not part of a bundle; nothing extracted")
-        target = dest.joinpath(*parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tar.extractfile(member) as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst)

@@ -1,0 +1,191 @@
+"""Helpers the test modules share (tiny worlds, command lines, waits, a fixed 100-task job); no tests here."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+
+from orchestrator import state as st
+from orchestrator.results import write_results
+from orchestrator.state import JobState, TaskState
+
+
+# A tiny synthetic world and the `finetune` command line -------------------------------------------------------
+
+
+SIZES = {"tasks": 5, "users": 200, "items": 60, "max_len": 20}
+
+
+def make_world(root: Path, seed: int = 3, **sizes) -> tuple[Path, Path]:
+    """(spec path, backbone checkpoint) of a tiny synthetic world with a random 16-channel, 2-block backbone."""
+    from peterrec import Backbone, BackboneConfig
+    from peterrec.checkpoint import save_checkpoint
+    from tasks.synth import synthesize
+
+    sizes = {**SIZES, **sizes}
+    spec = synthesize(root / "data", seed=seed, **sizes)
+    torch.manual_seed(seed)
+    backbone = Backbone(BackboneConfig(vocab_size=sizes["items"] + 1, channels=16, dilations=(1, 2),
+                                       max_len=sizes["max_len"]))
+    save_checkpoint(root / "backbone", backbone)
+    return spec, root / "backbone"
+
+
+def finetune_args(spec, backbone, out, *extra, steps: int = 6) -> list[str]:
+    return ["finetune", "--backbone", str(backbone), "--tasks", str(spec), "--out", str(out),
+            "--max-steps", str(steps), "--epochs", "1", "--batch-size", "32", "--ui", "plain",
+            "--num-cpus", "2", "--object-store-mb", "100", *map(str, extra)]
+
+
+def task_names(spec) -> list[str]:
+    from tasks import load_spec
+
+    return [t.name for t in load_spec(spec).tasks]
+
+
+def bundle_hashes(job_dir: Path) -> dict[str, str]:
+    """SHA-256 over every file (name and bytes) of each task directory of JOB_DIR/bundle."""
+    out = {}
+    for folder in sorted((Path(job_dir) / "bundle" / "tasks").iterdir()):
+        digest = hashlib.sha256()
+        for path in sorted(folder.rglob("*")):
+            digest.update(path.name.encode() + path.read_bytes())
+        out[folder.name] = digest.hexdigest()
+    return out
+
+
+def assert_same_weights(job_a: Path, job_b: Path, names: list[str]) -> None:
+    """The two jobs' bundles hold the same trained tensors for these tasks (up to float reassociation)."""
+    from safetensors.torch import load_file
+
+    for name in names:
+        a, b = (load_file(str(job / "bundle" / "tasks" / name / "adapter_model.safetensors")) for job in (job_a, job_b))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def wait_for(condition, timeout: float = 60.0, poll: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(poll)
+
+
+
+# The terminal UI: a finished job from fixed numbers, waits for the app ----------------------------------------
+
+
+TIMEOUT_S = 600.0
+
+
+def in_loop(test):
+    """Run an async test in its own event loop (the project has no pytest asyncio plugin)."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+def review_job(root: Path, tasks: int = 100, failed: tuple[int, ...] = (6, 42, 88)) -> Path:
+    """JOB_DIR with state.json and results.parquet of a finished job: every number fixed, no spec or
+    backbone on disk (the UI must get by with what results.parquet says)."""
+    job_dir = root / "job"
+    job_dir.mkdir(parents=True)
+    state = JobState("runs/demo/job", status=st.JOB_DONE, mode="peterrec", spec="", backbone="", pid=None,
+                     host=None, address="127.0.0.1:6379", cluster={"nodes": 2, "cpus": 16.0, "gpus": 1.0,
+                                                                   "node_ips": ["10.0.0.1", "10.0.0.2"]},
+                     resources={"cpus_per_task": 1.0, "gpus_per_task": 0.125, "max_concurrent": 0, "retries": 2},
+                     timings={"ray_ready": 3.5, "first_start": 5.0, "first_progress": 6.0, "finished": 725.0},
+                     started_at=1_700_000_000.0, updated_at=1_700_000_725.0)
+    rows = []
+    backbone_params = 1_284_864
+    for i in range(tasks):
+        coldrec = i % 4 == 3
+        name = f"{'coldrec' if coldrec else 'profile'}_{i:03d}"
+        kind, metric = ("coldrec", "mrr@5") if coldrec else ("classify", "accuracy")
+        total = 40 + i % 5 * 10
+        history = [[s, round(1.5 / (1 + 0.05 * s) + 0.01 * (s % 3), 4), round(0.2 + 0.004 * s, 4)]
+                   for s in range(5, total + 1, 5)]
+        task = TaskState(name, kind, metric, step=total, total=total, epoch=2, loss=history[-1][1],
+                         metric=history[-1][2], samples_per_s=1000.0 + i, attempts=1, node="10.0.0.1",
+                         pid=1000 + i, started_at=1_700_000_010.0 + i, updated_at=1_700_000_100.0 + i,
+                         seconds=60.0 + i, history=history)
+        trained = 5_000 + (40_000 if coldrec else 0) + i
+        if i in failed:
+            task.status, task.error, task.attempts = st.FAILED, f"InjectedFailure: task {name} failed", 3
+            task.step, task.history = total // 2, history[: len(history) // 2]
+            rows.append({"task": name, "kind": kind, "mode": "peterrec", "status": "failed", "metric": metric,
+                         "seconds": 30.0, "attempts": 3, "error": task.error})
+        else:
+            task.status, task.value = st.DONE, round(0.5 + i / 1000, 4)
+            rows.append({"task": name, "kind": kind, "mode": "peterrec", "status": "done", "metric": metric,
+                         "value": task.value, "trained_params": trained, "backbone_params": backbone_params,
+                         "fineall_params": backbone_params + trained - 4_000, "stored_params": trained,
+                         "ratio_vs_fineall": 100.0 * trained / (backbone_params + trained - 4_000),
+                         "seconds": task.seconds, "attempts": 1, "error": None})
+        state.tasks[name] = task
+    st.write_state(job_dir, state)
+    write_results(job_dir, rows)
+    return job_dir
+
+
+async def until(pilot, condition, what: str, timeout: float = TIMEOUT_S) -> None:
+    """Let the app run until `condition()` holds (a safety-net timeout, not a timing assertion)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"gave up waiting for {what}"
+        await pilot.pause(0.1)
+
+
+async def settled(pilot) -> None:
+    """Wait until the app shows the final state of its job."""
+    app = pilot.app
+    await until(pilot, lambda: app.view is not None and app.view.final, "the job's final state")
+    await until(pilot, lambda: app.screen.query("#tasks") and app.screen.query_one("#tasks").row_count, "the rows")
+    await pilot.pause(0.2)  # let the layout settle (heights of the header panels) before anyone looks
+
+
+def table_rows(app) -> dict[str, dict[str, str]]:
+    """The task table as {task: {column: plain text}} (the DataTable's own cells, in table order)."""
+    table = app.screen.query_one("#tasks")
+    keys = [c.key.value for c in table.ordered_columns]
+    out = {}
+    for row in table.ordered_rows:
+        cells = table.get_row(row.key)
+        out[row.key.value] = {k: str(getattr(c, "plain", c)) for k, c in zip(keys, cells)}
+    return out
+
+
+def text_of(app, selector: str) -> str:
+    return str(app.screen.query_one(selector).render())
+
+
+def write_trials(folder: Path) -> Path:
+    """DIR/trials.parquet with the columns `tune` writes (orchestrator/tune_results.py), fixed values."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [("gender", 0, "a_00000", "done", "accuracy", 0.81, 0.80, {"lr": 0.001, "bottleneck_ratio": 4}, None),
+            ("gender", 1, "a_00001", "done", "accuracy", 0.86, 0.84, {"lr": 0.0005, "bottleneck_ratio": 8}, None),
+            ("gender", 2, "a_00002", "stopped", "accuracy", 0.62, None, {"lr": 0.02, "bottleneck_ratio": 2}, None),
+            ("coldrec_1", 0, "a_00003", "done", "mrr@5", 0.31, 0.30, {"lr": 0.001}, None),
+            ("coldrec_1", 1, "a_00004", "failed", "mrr@5", None, None, {"lr": 0.01},
+             "RuntimeError: loss is NaN"),
+            ("coldrec_1", 2, "a_00005", "unfinished", "mrr@5", 0.35, None, {"lr": 0.003}, None)]
+    names = ("task", "sample", "trial_id", "status", "metric", "score", "test_value", "config", "error")
+    table = pa.table({n: [json.dumps(r[i]) if n == "config" else r[i] for r in rows] for i, n in enumerate(names)})
+    pq.write_table(table, folder / "trials.parquet")
+    return folder
+
