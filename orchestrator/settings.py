@@ -244,7 +244,6 @@ class JobOptions:
             raise ValueError("; ".join(problems))
 
 
-
 PBT_UNSUPPORTED = ("--scheduler pbt needs trials that checkpoint and restore their weights and optimizer, and "
                    "peterrec.finetune.finetune_task exposes neither yet; use --scheduler asha (or fifo)")
 
