@@ -17,12 +17,13 @@ after another:
 A bounded load generator (aiohttp, on loopback) sends --requests single-object requests per cell (a
 quarter of them at concurrency 1), each for a task drawn uniformly, at concurrency 1, 16 and 64; a cell
 also stops at --time-limit seconds. Printed side by side: requests/s, p50/p99 latency as the client sees
-it, rows per backbone pass, the ratios; the ceiling of Serve's HTTP path on this machine (GET /healthz:
-proxy + replica, no model); the same model work without HTTP (predict on 1 row vs 64 rows of uniform
-tasks, in this process); and resident memory: a fresh process loads the 100 tasks over one backbone the
-way a replica does (MultiTaskPredictor over the bundle, one warm-up pass) and its RSS growth is set
-against the bytes of the patch sets; likewise for the 100 full copies. The client shares the 2 cores with
-the server; the load average is printed to show how busy the machine was.
+it, rows per backbone pass, the ratios; on (a)'s server also the ceiling of Serve's HTTP path on this
+machine (GET /healthz: proxy + replica, no model) and the same load sent as lists of 16 request objects
+per call; the model work without HTTP (predict on 1 row vs 64 rows of uniform tasks, in this process);
+and resident memory: a fresh process loads the tasks over one backbone as a replica does
+(MultiTaskPredictor over the bundle), and its RSS growth, once loaded and after one pass over every task,
+is set against the bytes of one backbone + the task tensors; likewise for the full copies. The client
+shares the 2 cores with the server; the load average is printed to show how busy the machine was.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from peterrec.finetune import FinetuneSettings  # noqa: E402
 from peterrec.modes import build_task_model  # noqa: E402
 
 VOCAB, TARGETS, CLASSES = 20_000, 500, 4
+LIST = 16  # request objects per call in the list cell: concurrency 64 / LIST calls keep 64 in flight
 
 
 def cpu_model() -> str:
@@ -84,14 +86,15 @@ def build(root: Path, tasks: int, config: BackboneConfig) -> SimpleNamespace:
     return SimpleNamespace(backbone=root / "backbone", patches=root / "patches", full=root / "full", names=names)
 
 
-def bodies(names: list[str], n: int, seed: int) -> list[bytes]:
-    """n single-object requests, tasks drawn uniformly, 10..50 dense item ids each."""
+def bodies(names: list[str], n: int, seed: int, per_call: int = 1) -> list[bytes]:
+    """n request bodies, each one object (or a list of per_call), tasks drawn uniformly, 10..50 dense ids each."""
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
+
+    def one() -> dict:
         items = rng.integers(1, VOCAB, size=int(rng.integers(10, 51))).tolist()
-        out.append(json.dumps({"task": names[int(rng.integers(len(names)))], "items": items}).encode())
-    return out
+        return {"task": names[int(rng.integers(len(names)))], "items": items}
+
+    return [json.dumps(one() if per_call == 1 else [one() for _ in range(per_call)]).encode() for _ in range(n)]
 
 
 async def load(url: str, payloads: list[bytes] | None, concurrency: int, time_limit: float) -> dict:
@@ -143,17 +146,19 @@ def resident(checkpoint: Path, bundle: Path, queue) -> None:
     warm = torch.ones(1, backbone.config.max_len, dtype=torch.long)
     with torch.no_grad():
         backbone(warm)
-    gc.collect()
-    trim()
-    before = psutil.Process().memory_info().rss
+    def rss() -> int:
+        gc.collect()
+        trim()
+        return psutil.Process().memory_info().rss
+
+    before = rss()
     predictor = MultiTaskPredictor(backbone, open_bundle(bundle))
-    predictor.predict(warm.expand(len(predictor.tasks), -1), predictor.tasks)
-    gc.collect()
-    trim()
-    grown = psutil.Process().memory_info().rss - before
+    loaded = rss() - before
+    predictor.predict(warm.expand(len(predictor.tasks), -1), predictor.tasks)  # one pass over every task
     stored = sum(t.nbytes for m in predictor.models.values() for t in m.task_state_dict().values())
-    queue.put({"grown": grown, "backbone": sum(t.nbytes for t in backbone.state_dict().values()),
-               "stored": stored})
+    modules = sum(1 for m in predictor.models.values() for _ in m.modules())
+    queue.put({"loaded": loaded, "passed": rss() - before, "stored": stored, "modules": modules,
+               "backbone": sum(t.nbytes for t in backbone.state_dict().values())})
 
 
 def trim() -> None:
@@ -210,8 +215,12 @@ def serve_cell(settings: ServeSettings, payloads: list[bytes], args, warmup: lis
             after = server.get("/v1/status")
             results[c]["rows_per_pass"] = after["mean_batch_rows"] or before["mean_batch_rows"]
         memory = next(iter(server.get("/v1/status")["replicas"].values()))["memory"]
-        ceiling = asyncio.run(load(server.url, None, max(args.concurrency), args.time_limit)) if args.ceiling else None
-        return {"by_concurrency": results, "memory": memory, "ceiling": ceiling}
+        extra = {}
+        if args.ceiling:  # on (a)'s server only: the HTTP path alone, and lists of requests per call
+            extra["ceiling"] = asyncio.run(load(server.url, None, max(args.concurrency), args.time_limit))
+            lists = bodies(args.names, args.requests // LIST, seed=4, per_call=LIST)
+            extra["lists"] = asyncio.run(load(server.url, lists, max(args.concurrency) // LIST, args.time_limit))
+        return {"by_concurrency": results, "memory": memory, **extra}
     finally:
         server.stop()
 
@@ -238,6 +247,7 @@ def main() -> int:
     start = time.perf_counter()
     job = build(work, args.tasks, config)
     print(f"built {args.tasks} tasks twice (patches, full copies) in {time.perf_counter() - start:.0f} s under {work}")
+    args.names = job.names
     payloads = bodies(job.names, args.requests, seed=1)
     warmup = bodies(job.names, 100, seed=2)
     cluster = connect(num_cpus=os.cpu_count())
@@ -280,19 +290,25 @@ def report(results: dict, memory: dict, models: dict, args) -> None:
     for conc in args.concurrency:
         print(f"  concurrency {conc:>3}: (a)/(b) = {a[conc]['rps'] / b[conc]['rps']:.2f}x, "
               f"(a)/(c) = {a[conc]['rps'] / c[conc]['rps']:.2f}x")
-    ceiling = results["(a) mixed-task batching"]["ceiling"]
+    ceiling, lists = (results["(a) mixed-task batching"][k] for k in ("ceiling", "lists"))
     print(f"HTTP path alone (GET /healthz, concurrency {max(args.concurrency)}): {ceiling['rps']:.0f} req/s, "
           f"p50 {ceiling['p50']:.1f} ms, p99 {ceiling['p99']:.1f} ms")
+    conc = max(args.concurrency) // LIST
+    print(f"(a) with lists of {LIST} request objects per call, concurrency {conc}: "
+          f"{lists['rps'] * LIST:.0f} predictions/s ({lists['rps'] * LIST / b[max(args.concurrency)]['rps']:.2f}x "
+          f"(b) at {max(args.concurrency)}), p50 {lists['p50']:.1f} ms, p99 {lists['p99']:.1f} ms per call")
     print("model work alone (MultiTaskPredictor.predict in one process, no HTTP), rows/s:")
     for name, rates in models.items():
         print(f"  {name}: 1 row per pass {rates[1]:,.0f}, 64 rows of uniform tasks per pass {rates[64]:,.0f} "
               f"({rates[64] / rates[1]:.1f}x)")
     print("resident memory of the loaded tasks (a fresh process: RSS growth + the one backbone):")
     for name, m in memory.items():
-        resident, weights = m["backbone"] + m["grown"], m["backbone"] + m["stored"]
-        print(f"  {name}: {resident / 2**20:,.1f} MiB against one backbone + the task tensors = "
-              f"{weights / 2**20:,.1f} MiB ({m['backbone'] / 2**20:.1f} + {m['stored'] / 2**20:.1f}): "
-              f"{resident / weights:.2f}x")
+        weights = m["backbone"] + m["stored"]
+        loaded, passed = m["backbone"] + m["loaded"], m["backbone"] + m["passed"]
+        print(f"  {name}: one backbone + the task tensors = {weights / 2**20:,.1f} MiB "
+              f"({m['backbone'] / 2**20:.1f} + {m['stored'] / 2**20:.1f}); resident once loaded "
+              f"{loaded / 2**20:,.1f} MiB ({loaded / weights:.2f}x), after one pass over every task "
+              f"{passed / 2**20:,.1f} MiB ({passed / weights:.2f}x); {m['modules']:,} nn.Modules")
     for name in ("(a) mixed-task batching", "(c) full model per task"):
         print(f"  the serving replica of {name}: RSS {results[name]['memory']['rss'] / 2**20:,.0f} MiB in all")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
