@@ -32,6 +32,9 @@ from peterrec.finetune import FinetuneSettings
 from tasks import Sequences, write_sequences
 from tasks.vocab import write_item_vocab
 
+# Ray Serve 2.60's own pydantic models warn when the command imports it.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.serve")
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = BackboneConfig(vocab_size=30, channels=8, dilations=(1, 2), max_len=6)
 LABELS = ["F", "M", "X"]
@@ -366,6 +369,42 @@ def test_bad_entry_is_refused_and_the_old_version_keeps_serving(job, server, tmp
 
 # ---------------------------------------------------------------------------------------------------
 # The process
+
+
+def _other_backbone(job, tmp_path) -> list[str]:
+    return ["--backbone", str(save_checkpoint(tmp_path / "other", Backbone(CONFIG)))]
+
+
+def _busy_port(job, tmp_path) -> list[str]:
+    job.holder = socket.socket()
+    job.holder.bind(("127.0.0.1", 0))
+    job.holder.listen()
+    return ["--port", str(job.holder.getsockname()[1])]
+
+
+USER_ERRORS = {
+    # case: (extra arguments (later ones win), phrases of the error), each found before Ray starts
+    "foreign_backbone": (_other_backbone, ["index.json", "trained on backbone"]),
+    "missing_bundle": (lambda job, tmp: ["--bundle", str(tmp / "nothing")], ["nothing", "not found"]),
+    "port_in_use": (_busy_port, ["cannot listen on 127.0.0.1"]),
+    "too_many_replicas": (lambda job, tmp: ["--replicas", "3", "--num-cpus", "2"], ["--replicas 3", "has 2 CPUs"]),
+    "cuda_without_gpus": (lambda job, tmp: ["--device", "cuda"], ["--gpus-per-replica"]),
+}
+
+
+@pytest.mark.parametrize("case", list(USER_ERRORS))
+def test_user_errors_exit_2_before_anything_starts(job, tmp_path, case, capsys):
+    extra, phrases = USER_ERRORS[case]
+    try:
+        code = cli.main(["serve", "--backbone", str(job.root / "ckpt"), "--bundle", str(job.bundle),
+                         "--port", str(free_port()), *extra(job, tmp_path)])
+    finally:
+        if getattr(job, "holder", None):
+            job.holder.close()
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: "), err
+    for phrase in phrases:
+        assert phrase in err
 
 
 def listeners(processes) -> set[tuple[str, int]]:

@@ -98,7 +98,26 @@ def prepare(settings: ServeSettings) -> Prepared:
     sequences = read_sequences(settings.sequences, vocab_size=backbone.config.vocab_size) \
         if settings.sequences else None
     _check_port_free(settings.host, settings.port)
+    if settings.address is None:
+        _check_fits_embedded(settings)
     return Prepared(backbone.requires_grad_(False).eval(), raw, sequences, names)
+
+
+def _check_fits_embedded(settings: ServeSettings) -> None:
+    """Replicas that the embedded cluster cannot place would leave Serve waiting for them forever."""
+    import os
+
+    import torch
+
+    cpus = settings.num_cpus or os.cpu_count() or 1
+    if settings.replicas * settings.cpus_per_replica > cpus:
+        raise ValueError(f"--replicas {settings.replicas} x --cpus-per-replica {settings.cpus_per_replica:g} needs "
+                         f"{settings.replicas * settings.cpus_per_replica:g} CPUs; the embedded cluster has {cpus} CPUs "
+                         f"(--num-cpus; or give fractions such as --cpus-per-replica 0.5)")
+    gpus = torch.cuda.device_count()
+    if settings.replicas * settings.gpus_per_replica > gpus:
+        raise ValueError(f"--replicas {settings.replicas} x --gpus-per-replica {settings.gpus_per_replica:g} needs "
+                         f"{settings.replicas * settings.gpus_per_replica:g} GPUs; this machine has {gpus}")
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -85,9 +85,11 @@ class Users:
 
 
 def short(value, limit: int = 60):
-    """A bad value as shown back to the client: JSON-able and short."""
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return value if len(text) <= limit and not isinstance(value, (list, dict)) else text[:limit] + "..."
+    """A bad value as shown back to the client: JSON-able and short (containers as cut JSON text)."""
+    if not isinstance(value, (str, list, dict)):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_json(body: bytes):

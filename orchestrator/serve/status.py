@@ -35,7 +35,7 @@ def summary_rows(status: dict) -> list[tuple[str, str]]:
         ("batch rows mean / max", f"{_num(status['mean_batch_rows'])} / {_num(status['max_batch_rows'], 'd')}"),
         ("tasks per batch", _num(status["mean_batch_tasks"])),
         ("replicas", f"{len(replicas)}" + (f" (RSS {max(rss) / 2**20:,.0f} MiB max)" if rss else "")),
-        ("bad requests", str(status["errors"])),
+        ("bad requests since start", str(status["errors"])),
     ]
 
 
@@ -43,7 +43,7 @@ def render(status: dict, url: str) -> Table:
     table = Table(title=f"serving on {url} (last {status['window_s']:.0f} s) · Ctrl-C stops",
                   show_header=False, box=None, pad_edge=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column(justify="right")
+    table.add_column()
     for name, value in summary_rows(status):
         table.add_row(name, value)
     for name, reason in (status.get("refused") or {}).items():
