@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python benchmarks/bench_serve.py            (about 10 minutes on 2 idle CPU cores)
      .venv/bin/python benchmarks/bench_serve.py --quick    (a smoke run: 10 tasks, few requests)
+     .venv/bin/python benchmarks/bench_serve.py --memory-only --channels 256   (memory at another width)
 
 A synthetic bundle of --tasks tasks (half classify with 4 classes, half cold-start over 500 target items;
 random weights: this measures serving, not accuracy) over one random backbone (4 blocks, dilations
@@ -236,6 +237,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--work", type=Path, default=None, help="where the bundles go (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="10 tasks, 200 requests per cell")
+    parser.add_argument("--memory-only", action="store_true", help="only the resident memory figures (no Ray)")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.requests, args.time_limit = 10, 200, 20.0
@@ -250,7 +252,6 @@ def main() -> int:
     args.names = job.names
     payloads = bodies(job.names, args.requests, seed=1)
     warmup = bodies(job.names, 100, seed=2)
-    cluster = connect(num_cpus=os.cpu_count())
     common = {"backbone": job.backbone, "cpus_per_replica": args.cpus_per_replica}
     configs = {
         "(a) mixed-task batching": ServeSettings(bundle=job.patches, port=args.port, **common),
@@ -260,9 +261,15 @@ def main() -> int:
     print("model work without HTTP and resident memory, each in its own process ...", flush=True)
     memory = {"(a) mixed-task batching": measure_resident(job.backbone, job.patches),
               "(c) full model per task": measure_resident(job.backbone, job.full)}
+    if args.memory_only:
+        print_memory(memory)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     threads = max(1, int(args.cpus_per_replica))
     models = {"patch sets (a, b)": model_only(job.backbone, job.patches, job.names, threads),
               "full copies (c)": model_only(job.backbone, job.full, job.names, threads)}
+    cluster = connect(num_cpus=os.cpu_count())
     results = {}
     try:
         for name, settings in configs.items():
@@ -301,6 +308,13 @@ def report(results: dict, memory: dict, models: dict, args) -> None:
     for name, rates in models.items():
         print(f"  {name}: 1 row per pass {rates[1]:,.0f}, 64 rows of uniform tasks per pass {rates[64]:,.0f} "
               f"({rates[64] / rates[1]:.1f}x)")
+    print_memory(memory)
+    for name in ("(a) mixed-task batching", "(c) full model per task"):
+        print(f"  the serving replica of {name}: RSS {results[name]['memory']['rss'] / 2**20:,.0f} MiB in all")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+def print_memory(memory: dict) -> None:
     print("resident memory of the loaded tasks (a fresh process: RSS growth + the one backbone):")
     for name, m in memory.items():
         weights = m["backbone"] + m["stored"]
@@ -309,9 +323,6 @@ def report(results: dict, memory: dict, models: dict, args) -> None:
               f"({m['backbone'] / 2**20:.1f} + {m['stored'] / 2**20:.1f}); resident once loaded "
               f"{loaded / 2**20:,.1f} MiB ({loaded / weights:.2f}x), after one pass over every task "
               f"{passed / 2**20:,.1f} MiB ({passed / weights:.2f}x); {m['modules']:,} nn.Modules")
-    for name in ("(a) mixed-task batching", "(c) full model per task"):
-        print(f"  the serving replica of {name}: RSS {results[name]['memory']['rss'] / 2**20:,.0f} MiB in all")
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
