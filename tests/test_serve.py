@@ -97,7 +97,7 @@ def server(job):
     family = []
     try:
         deadline = time.monotonic() + 300  # a loaded 2-core machine can take minutes to start Ray
-        while call(url, "GET", "/healthz", timeout=5)[0] != 200:
+        while "ready: " not in log.read_text() or call(url, "GET", "/healthz", timeout=5)[0] != 200:
             assert process.poll() is None, f"serve exited with {process.returncode}:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"serve did not come up:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)

@@ -18,9 +18,9 @@ def keep_grpc_on_loopback() -> bool:
     from ray.serve._private import replica
 
     node = ray.util.get_node_ip_address()
-    if node not in LOOPBACK or getattr(replica, "_peterrec_loopback", False):
-        return node in LOOPBACK
-    add_port = replica.add_port_to_grpc_server
+    add_port = getattr(replica, "add_port_to_grpc_server", None)  # another Ray may bind otherwise: leave it
+    if node not in LOOPBACK or add_port is None or getattr(replica, "_peterrec_loopback", False):
+        return node in LOOPBACK and add_port is not None
 
     def add_port_on_loopback(server, address: str):
         host = "[::1]" if node == "::1" else node
