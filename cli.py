@@ -18,6 +18,7 @@ COMMANDS = {
     "tune": "commands.tune",
     "bundle": "commands.bundle",
     "predict": "commands.predict",
+    "serve": "commands.serve",
     "tui": "commands.tui",
     "demo": "commands.demo",
     "reproduce": "commands.reproduce",

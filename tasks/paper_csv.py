@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import DataError
-from tasks.importers.text import line_error, numbered_lines, to_int
+from tasks.text import line_error, numbered_lines, to_int
 
 SEPARATOR = ",,"
 PADDING = "0"

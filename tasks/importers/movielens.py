@@ -17,7 +17,7 @@ from tasks.dataset import NewTask, write_dataset
 from tasks.importers.movielens_files import (
     GENDERS, Layout, Profiles, detect_layout, read_movie_ids, read_profiles, read_ratings,
 )
-from tasks.importers.text import line_error
+from tasks.text import line_error
 from tasks.sequences import Sequences
 from tasks.splits import unit_hash
 

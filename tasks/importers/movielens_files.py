@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import DataError
-from tasks.importers.text import fields_of, int_table, line_error, numbered_lines, to_int
+from tasks.text import fields_of, int_table, line_error, numbered_lines, to_int
 
 RATING_FIELDS = ("user_id", "item_id", "rating", "timestamp")
 GENDERS = ("F", "M")
