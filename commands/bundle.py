@@ -45,8 +45,13 @@ def run(args) -> int:
 
 
 def _export(args) -> int:
-    from peterrec.bundle import export_bundle  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
 
+    from peterrec.bundle import export_bundle, find_bundle  # noqa: PLC0415
+    from tasks.paths import check_apart  # noqa: PLC0415
+
+    source = Path(args.path)
+    check_apart(args.out, "--out", {"PATH": find_bundle(source) if source.is_dir() else source})
     out = export_bundle(args.path, args.out, force=args.force)
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return 0
@@ -54,7 +59,10 @@ def _export(args) -> int:
 
 def _import(args) -> int:
     from peterrec.bundle import import_bundle, open_bundle  # noqa: PLC0415
+    from tasks.paths import check_apart, require_file  # noqa: PLC0415
 
+    require_file(args.archive, "FILE.tar: an archive written by `bundle export`")
+    check_apart(args.out, "--out", {"FILE.tar": args.archive})
     out = import_bundle(args.archive, args.out, force=args.force)
     print(f"imported {len(open_bundle(out).tasks)} task(s) into {out}")
     return 0
@@ -87,19 +95,26 @@ def summary(bundle) -> dict:
 
     rows = []
     for entry in bundle.tasks:
+        if not bundle.unchanged(entry["name"]):  # its numbers cannot be trusted: shown as changed, not counted
+            rows.append({"task": entry["name"], "kind": entry["kind"], "mode": entry["mode"], "bytes": entry["bytes"],
+                         "files_ok": False, "trained_params": None, "stored_params": 0, "fineall_params": 0,
+                         "backbone_params": 0, "ratio_vs_fineall": None, "metric": None, "value": None,
+                         "metrics": {}})
+            continue
         config = bundle.config(entry["name"])
         metrics, metric = config.get("metrics") or {}, config["task"].get("metric")
         value = metrics.get("value", (metrics.get("test") or {}).get(metric, metrics.get(metric)))
         rows.append({"task": entry["name"], "kind": entry["kind"], "mode": entry["mode"], "bytes": entry["bytes"],
-                     **config["params"], "metric": metric, "value": value, "metrics": metrics})
-    backbone_params = rows[0]["backbone_params"] if rows else 0
-    storage = storage_for(backbone_params, [r["stored_params"] for r in rows], [r["fineall_params"] for r in rows],
-                          [r["mode"] for r in rows])
+                     "files_ok": True, **config["params"], "metric": metric, "value": value, "metrics": metrics})
+    good = [r for r in rows if r["files_ok"]]
+    backbone_params = good[0]["backbone_params"] if good else 0
+    storage = storage_for(backbone_params, [r["stored_params"] for r in good], [r["fineall_params"] for r in good],
+                          [r["mode"] for r in good])
     return {"path": str(bundle.source), "format_version": bundle.index["version"],
             "backbone": {"fingerprint": bundle.fingerprint, "config": bundle.index["backbone"]["config"],
                          "params": backbone_params},
             "tasks": rows,
-            "totals": {"tasks": storage.tasks, "bytes": sum(r["bytes"] for r in rows),
+            "totals": {"tasks": storage.tasks, "bytes": sum(r["bytes"] for r in good),
                        "backbone_params": storage.backbone_params, "shared_params": storage.shared_params,
                        "full_copies_params": storage.full_copies_params,
                        "shared_vs_full_copies": storage.ratio if storage.full_copies_params else None}}
@@ -109,9 +124,10 @@ def _inspect(args) -> int:
     from peterrec.bundle import open_bundle  # noqa: PLC0415
 
     info = summary(open_bundle(args.path))
+    changed = [r["task"] for r in info["tasks"] if not r["files_ok"]]
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
+        return _changed(info["path"], changed)
     from rich import box  # noqa: PLC0415
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
@@ -123,6 +139,9 @@ def _inspect(args) -> int:
                                    ("size on disk", "right", 8), ("metric", "left", 6), ("value", "right", 6)):
         table.add_column(column, justify=justify, min_width=width)
     for r in info["tasks"]:
+        if not r["files_ok"]:
+            table.add_row(r["task"], r["kind"], r["mode"], "[red]files changed", "", _size(r["bytes"]), "-", "-")
+            continue
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
         table.add_row(r["task"], r["kind"], r["mode"], f"{r['trained_params']:,}", f"{r['ratio_vs_fineall']:.2f}%",
                       _size(r["bytes"]), r["metric"] or "-", value)
@@ -137,7 +156,16 @@ def _inspect(args) -> int:
                       f"{totals['shared_params']:,} params, vs {totals['full_copies_params']:,} for "
                       f"{totals['tasks']} full copies ({100 * totals['shared_vs_full_copies']:.1f}%); "
                       f"{_size(totals['bytes'])} on disk")
-    return 0
+    return _changed(info["path"], changed)
+
+
+def _changed(path: str, changed: list[str]) -> int:
+    """inspect's exit code: 1, with a line pointing to `verify`, when a task's files differ from index.json."""
+    if not changed:
+        return 0
+    print(f"error: {path}: the files of {len(changed)} task(s) ({', '.join(changed)}) differ from the checksums "
+          f"in index.json (changed or corrupted); `peterrec bundle verify {path}` says which", file=sys.stderr)
+    return 1
 
 
 def _size(n: int) -> str:

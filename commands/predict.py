@@ -64,7 +64,14 @@ def _predict(args) -> int:
     from peterrec.training import pick_device  # noqa: PLC0415
     from tasks import DataError  # noqa: PLC0415
 
+    from tasks.paths import check_apart, require_file  # noqa: PLC0415
+
     out = Path(args.out)
+    check_apart(out, "--out", {"--input": args.input, "--backbone": args.backbone, "--bundle": args.bundle,
+                               "--sequences": args.sequences, "--tasks": args.tasks, "--items": args.items})
+    for flag in ("input", "sequences", "tasks", "items"):  # before the backbone is loaded
+        if getattr(args, flag):
+            require_file(getattr(args, flag), f"--{flag}")
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise DataError(out, f"unknown output format {out.suffix!r}, expected one of {', '.join(OUTPUT_FORMATS)}")
     backbone, _ = load_backbone(Path(args.backbone), pick_device(args.device))
@@ -113,8 +120,6 @@ def read_input(args, config):
     from tasks.io import read_table  # noqa: PLC0415
 
     path = Path(args.input)
-    if not path.is_file():
-        raise DataError(path, "input file not found")
     if path.suffix.lower() in (".csv", ".txt"):
         return read_paper_csv(path, config, Path(args.items) if args.items else None)
     if path.suffix.lower() != ".parquet":

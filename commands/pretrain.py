@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 HELP = "pretrain a causal (next item) or non-causal (cloze) backbone on item sequences"
 DESCRIPTION = """Pretrain one backbone on the source domain's item sequences and save it as a checkpoint
 directory (model.safetensors + config.json). A causal backbone (NextItNet) learns next-item prediction;
@@ -27,13 +29,14 @@ def add_arguments(parser):
     arch.add_argument("--arch", choices=["causal", "noncausal"], default="causal",
                       help="causal: NextItNet, next-item objective; noncausal: GRec encoder, cloze objective")
     arch.add_argument("--channels", type=int, default=64, help="embedding / hidden width C")
-    arch.add_argument("--dilations", default="1,4,1,4",
+    arch.add_argument("--dilations", type=_dilations, default="1,4,1,4",
                       help="comma-separated dilation per residual block (each block covers d and 2d)")
     arch.add_argument("--kernel", type=int, default=3, help="convolution kernel size")
     arch.add_argument("--max-len", type=int, default=50, help="most recent items kept per sequence")
-    arch.add_argument("--sampled-softmax", type=int, default=0, metavar="S",
+    arch.add_argument("--sampled-softmax", type=_count, default=0, metavar="S",
                       help="train against S sampled negatives instead of the full softmax (large catalogues)")
-    parser.add_argument("--valid-fraction", type=float, default=0.05, help="share of users held out for the loss")
+    parser.add_argument("--valid-fraction", type=_fraction, default=0.05,
+                        help="share of users held out for the validation loss (above 0, below 1)")
     parser.add_argument("--workers", type=int, default=1,
                         help="data-parallel workers on Ray Train (DDP); 1 runs in this process, without Ray")
     ray = parser.add_argument_group("Ray Train (--workers > 1)")
@@ -46,6 +49,45 @@ def add_arguments(parser):
     ray.add_argument("--address", default=None,
                      help="join the Ray cluster at this address (default: start one on 127.0.0.1)")
     add_train_flags(parser, epochs=3, batch_size=64, lr=1e-3)
+
+
+def _dilations(text: str) -> tuple[int, ...]:
+    """--dilations: comma-separated positive integers."""
+    values = []
+    for token in str(text).split(","):
+        if not token.strip():
+            continue
+        try:
+            values.append(int(token))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{token.strip()!r} is not an integer (expected comma-separated "
+                                             f"positive integers, e.g. 1,4,1,4)") from None
+        if values[-1] < 1:
+            raise argparse.ArgumentTypeError(f"{values[-1]} is not >= 1 (a dilation is a positive integer)")
+    if not values:
+        raise argparse.ArgumentTypeError("no dilations (expected comma-separated positive integers, e.g. 1,4,1,4)")
+    return tuple(values)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 0 (0: the full softmax)")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{value:g} must lie strictly between 0 and 1 (the share of users held "
+                                         f"out for the validation loss)")
+    return value
 
 
 def load_sequences(data: str):
@@ -74,7 +116,30 @@ def run(args) -> int:
     if args.workers == 1 and ray_only:
         return fail(f"{', '.join(ray_only)} only apply to a Ray Train run (--workers > 1)")
     with user_errors():
+        check_paths(args)
         return pretrain_command(args)
+
+
+def check_paths(args) -> None:
+    """Before anything is read or written: --address can be joined, --out is no input (nor Ray Train's
+    --storage, whose checkpoints replacing --out would take with it)."""
+    from pathlib import Path
+
+    from orchestrator.settings import resolve_spec
+    from tasks import load_spec
+    from tasks.paths import check_apart
+
+    if args.address:
+        from orchestrator.cluster import check_address
+
+        check_address(args.address)
+    data = Path(args.data)
+    inputs = {"--data": data} if data.suffix == ".parquet" else load_spec(resolve_spec(data)).inputs("--data")
+    if args.workers > 1:
+        from orchestrator.pretrain.ray_train import default_storage
+
+        inputs["--storage"] = args.storage or default_storage(args.out)
+    check_apart(args.out, "--out", inputs)
 
 
 def pretrain_command(args) -> int:
@@ -94,7 +159,7 @@ def pretrain_command(args) -> int:
 
     console = Console()
     sequences, vocab_size = load_sequences(args.data)
-    dilations = tuple(int(d) for d in str(args.dilations).split(",") if d.strip())
+    dilations = args.dilations
     config = BackboneConfig(vocab_size=vocab_size, channels=args.channels, kernel_size=args.kernel,
                             dilations=dilations, causal=args.arch == "causal", max_len=args.max_len)
     train_config = train_config_from(args)

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             args.out, tasks=args.tasks, users=args.users, items=args.items, seed=args.seed,
             max_len=args.max_len, force=args.force,
         )
-    except DataError as error:
+    except (DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print_summary(spec, notes=[f"generated in {time.perf_counter() - started:.1f} s"])

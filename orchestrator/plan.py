@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.results import JobOutputs, bundle_path, read_results, results_path
+from orchestrator.settings import SettingError
 from orchestrator.state import CONTROL_DIR, STATE_FILE
+from tasks.paths import check_apart
 
 LOCK_FILE = ".lock"
 
@@ -50,7 +52,7 @@ class JobPlan:
 
 
 def plan_job(spec_path, backbone_path, job_dir, settings, only=None, resume: bool = False,
-             force: bool = False) -> JobPlan:
+             force: bool = False, vocab_prefix: bool = False) -> JobPlan:
     """Load and check everything; then take JOB_DIR (a lock held until `release`) and, with `force`,
     clear the previous job's outputs. Raises DataError, CheckpointError, ValueError or FileExistsError."""
     from peterrec.bundle import backbone_fingerprint
@@ -58,7 +60,8 @@ def plan_job(spec_path, backbone_path, job_dir, settings, only=None, resume: boo
     job_dir = Path(job_dir)
     check_output_dir(job_dir, resume, force, "job's finished tasks", "continue it")
     job, sequences, task_data, backbone, tasks, task_settings = load_inputs(
-        spec_path, backbone_path, settings, only)
+        spec_path, backbone_path, settings, only, vocab_prefix)
+    check_apart(job_dir, "--out", {"--backbone": backbone_path, **job.inputs()})
     fingerprint = backbone_fingerprint(backbone)
     rows = read_results(job_dir) if resume else []
     if resume:
@@ -77,8 +80,13 @@ def plan_for(settings) -> JobPlan:
     """plan_job for an orchestrator.settings.JobSettings: its own checks first (SettingError naming the
     setting), then everything plan_job checks."""
     settings.check()
+    if settings.cluster.address:  # within seconds, before JOB_DIR is taken (ClusterUnreachable)
+        from orchestrator.cluster import check_address
+
+        check_address(settings.cluster.address)
     return plan_job(settings.spec_path(), settings.backbone, settings.out, settings.training.finetune_settings(),
-                    settings.only, resume=settings.resume, force=settings.force)
+                    settings.only, resume=settings.resume, force=settings.force,
+                    vocab_prefix=settings.training.vocab_prefix)
 
 
 def check_output_dir(out: Path, resume: bool, force: bool, kept: str, continue_hint: str) -> None:
@@ -92,22 +100,33 @@ def check_output_dir(out: Path, resume: bool, force: bool, kept: str, continue_h
                               f"--force to start over)")
 
 
-def load_inputs(spec_path, backbone_path, settings, only=None):
+def load_inputs(spec_path, backbone_path, settings, only=None, vocab_prefix: bool = False):
     """(job, sequences, task_data, backbone, tasks, task_settings): the spec, its data and the backbone,
-    loaded and checked against each other; every selected task's settings with its overrides."""
+    loaded and checked against each other; every selected task's settings with its overrides.
+    `vocab_prefix`: the spec's item ids are the first ones of a larger backbone catalogue (--vocab-prefix)."""
     from peterrec.checkpoint import load_backbone
     from tasks import load_job
 
     job, sequences, task_data = load_job(spec_path)
     backbone, _ = load_backbone(backbone_path, "cpu")
     backbone.requires_grad_(False)
-    if job.vocab_size > backbone.config.vocab_size:
-        raise ValueError(f"{job.path}: the tasks use {job.vocab_size} source items but the backbone "
-                         f"{backbone_path} knows only {backbone.config.vocab_size}")
+    check_vocabularies(job, backbone.config.vocab_size, backbone_path, vocab_prefix)
     tasks = selected_tasks(job, only)
     task_settings = {t.name: task_settings_for(job, t, settings, backbone.config, task_data[t.name])
                      for t in tasks}
     return job, sequences, task_data, backbone, tasks, task_settings
+
+
+def check_vocabularies(job, known: int, backbone_path, vocab_prefix: bool) -> None:
+    """The spec's items are the backbone's: the same vocab_size, or (--vocab-prefix) the first of them."""
+    if job.vocab_size > known:
+        raise ValueError(f"{job.path}: [source] vocab_size is {job.vocab_size} ({job.vocab_size - 1} items) but "
+                         f"the backbone {backbone_path} knows only {known - 1} items")
+    if job.vocab_size < known and not vocab_prefix:
+        raise ValueError(f"{job.path}: [source] vocab_size is {job.vocab_size} ({job.vocab_size - 1} items) but "
+                         f"the backbone {backbone_path} was pretrained on {known - 1} items: another catalogue? If "
+                         f"this spec's items 1..{job.vocab_size - 1} are the backbone's items of the same ids, "
+                         f"pass --vocab-prefix")
 
 
 def selected_tasks(job, only) -> list:
@@ -130,6 +149,11 @@ def task_settings_for(job, task_spec, settings, backbone_config, task_data):
     index = job.tasks.index(task_spec)
     where = f"task[{index}] '{task_spec.name}'"
     try:
+        check_settings(settings, backbone_config)
+    except (ValueError, TypeError) as e:
+        if not (task_spec.overrides or {}):  # the value came from the command line (or the launcher)
+            raise SettingError(*_setting_of(str(e))) from None
+    try:
         task_settings = with_overrides(settings, task_spec.overrides or {})
         check_settings(task_settings, backbone_config)
     except (ValueError, TypeError) as e:
@@ -137,6 +161,18 @@ def task_settings_for(job, task_spec, settings, backbone_config, task_data):
     if len(task_data.part("train")[0]) == 0:
         raise DataError(task_spec.data, "no rows in split 'train': nothing to fine-tune on", field="split")
     return task_settings
+
+
+def _setting_of(problem: str) -> tuple[str, str]:
+    """(dotted setting, message naming its flag) for a problem of the command line's settings."""
+    import re
+
+    from orchestrator.settings import TrainingSettings, flag_name, walk
+
+    for name, f in walk(TrainingSettings):
+        if re.search(rf"\b{name}\b", problem):
+            return f"training.{name}", f"{flag_name(f, 'task')}: {problem}"
+    return "training", f"the training settings: {problem}"
 
 
 def check_bundle_backbone(job_dir: Path, fingerprint: str) -> None:

@@ -90,6 +90,9 @@ class TrainingSettings:
                                   choices=tuple(REPRESENTATIONS), group=WHAT)
     eval_negatives: int = setting(99, "sampled negatives for cold-start metrics; 0 = rank the whole target "
                                       "vocabulary", group=WHAT)
+    vocab_prefix: bool = setting(False, "the spec's item ids 1..vocab_size-1 are the same items as the backbone's "
+                                        "first ids (a backbone pretrained on a larger catalogue); without it the "
+                                        "spec's vocab_size must equal the backbone's", group=WHAT)
     epochs: int = setting(5, "passes over the training data", group=TRAINING)
     max_steps: int | None = setting(None, "stop after this many optimiser steps (per task), whatever --epochs says",
                                     group=TRAINING)

@@ -22,6 +22,7 @@ from tasks.atomic import staged_directory
 
 FORMAT = "peterrec-backbone"
 VERSION = 1
+CHECKPOINT_FILES = ("config.json", "model.safetensors")
 
 
 class CheckpointError(Exception):
@@ -48,6 +49,12 @@ def read_versioned_json(path: Path, form: str, version: int, missing: str) -> di
         document = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not found ({missing})") from None
+    except NotADirectoryError:
+        raise CheckpointError(f"{path.parent}: is a file, expected a directory ({missing})") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, expected a file ({missing})") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(document, dict) or document.get("format") != form:
@@ -60,6 +67,10 @@ def read_versioned_json(path: Path, form: str, version: int, missing: str) -> di
 
 
 def read_checkpoint_config(path: Path) -> dict:
+    path = Path(path)
+    if path.is_file():  # a file of the checkpoint given for the checkpoint (model.safetensors, config.json)
+        hint = f"; the checkpoint is the folder holding it: {path.parent}" if path.name in CHECKPOINT_FILES else ""
+        raise CheckpointError(f"{path}: is a file, expected a backbone checkpoint directory{hint}")
     return read_versioned_json(Path(path) / "config.json", FORMAT, VERSION,
                                f"is {path} a backbone checkpoint directory?")
 

@@ -74,6 +74,9 @@ def check_settings(settings: FinetuneSettings, backbone_config) -> None:
     blocks = len(backbone_config.dilations)
     if mode.trains == "last_blocks" and not 1 <= settings.finelast_blocks <= blocks:
         raise ValueError(f"finelast_blocks must lie in 1..{blocks} (got {settings.finelast_blocks})")
+    if settings.eval_negatives < 0:
+        raise ValueError(f"eval_negatives must be >= 0 (got {settings.eval_negatives}; 0 ranks the whole target "
+                         f"vocabulary)")
     if settings.representation not in REPRESENTATIONS:
         raise ValueError(f"unknown representation {settings.representation!r} (expected one of "
                          f"{', '.join(REPRESENTATIONS)})")

@@ -289,14 +289,16 @@ def reproduce(movielens: Path, out: Path, config: ReproduceConfig, options, *, c
     """Import, pretrain every architecture, run the grid as one job per backbone on one Ray session, and
     write the merged results, the tables and the plot. With `select_lrs` the grid is every method at
     each of those learning rates (one seed): the validation report that chose REPRODUCE_LR."""
-    from orchestrator.cluster import connect
+    from orchestrator.cluster import check_address, connect
     from reproduce.report import selection_markdown, table_markdown, tradeoff_plot
+    from tasks.paths import check_apart, require_dir
 
     start = time.perf_counter()
     out = Path(out)
-    movielens = Path(movielens)
-    if not movielens.is_dir():
-        raise FileNotFoundError(f"{movielens}: no such MovieLens folder (expected u.data + u.user, or ratings.dat)")
+    movielens = require_dir(movielens, "--movielens: a MovieLens folder (u.data + u.user, or ratings.dat)")
+    check_apart(out, "--out", {"--movielens": movielens})
+    if options.address:  # within seconds, before OUT is taken
+        check_address(options.address)
     prepare_out(out, config, resume, force, str(movielens.absolute()))
     timings = {}
     spec = import_data(movielens, out / "data", config, resume)

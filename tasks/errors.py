@@ -40,4 +40,4 @@ class OutputExistsError(DataError):
     """The output directory exists and is not empty, and the caller did not ask to replace it."""
 
     def __init__(self, path: str | Path, state: str = "exists and is not empty"):
-        super().__init__(path, f"{state}; pass force=True (--force) to replace it")
+        super().__init__(path, f"{state}; use --force to replace it")

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from tasks.checks import fail_first, list_row
 from tasks.errors import DataError
+from tasks.paths import require_file
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -26,9 +27,7 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
 
     The file's schema metadata is kept. Raises DataError naming the file, row and column.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
+    path = require_file(path, "a Parquet file")
     try:
         file_schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as error:

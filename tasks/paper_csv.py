@@ -44,16 +44,18 @@ def read_paper_csv(path: str | Path, integer_ids: bool = True) -> PaperRows:
     paper's files); False keeps them as text (ids mapped through an items.parquet, any raw id)."""
     path = Path(path)
     lines, sources, starts, targets = [], [], [], []
-    finetune = None
-    for number, text in numbered_lines(path):
-        has_targets = SEPARATOR in text
-        if finetune is None:
-            finetune = has_targets
-        elif has_targets != finetune:
+    numbered = list(numbered_lines(path))
+    marked = sum(SEPARATOR in text for _, text in numbered)
+    # The kind of file is what most of its lines say (a tie: the first line's kind); the odd line is blamed.
+    finetune = 2 * marked > len(numbered) or (2 * marked == len(numbered) > 0 and SEPARATOR in numbered[0][1])
+    for number, text in numbered:
+        if (SEPARATOR in text) != finetune:
             raise line_error(
                 path, number, "targets",
-                "no ',,' separator, but earlier lines have targets (expected s1,...,sn,,t1,...)" if finetune
-                else "',,' separator, but earlier lines have none (a pretraining file is s1,...,sn)",
+                f"no ',,' separator, but {marked} of {len(numbered)} lines have targets (a fine-tuning file is "
+                f"s1,...,sn,,t1,...)" if finetune else
+                f"',,' separator, but {len(numbered) - marked} of {len(numbered)} lines have none (a pretraining "
+                f"file is s1,...,sn)",
             )
         source_text, _, target_text = text.partition(SEPARATOR)
         tokens = [token.strip() for token in source_text.split(",")]

@@ -75,14 +75,25 @@ class JobSpec:
     def __hash__(self) -> int:
         return hash((self.path, self.sequences))
 
+    def inputs(self, flag: str = "--tasks") -> dict[str, Path]:
+        """Every file a reader of this spec reads, by what it is (tasks.paths.check_apart keeps outputs
+        off them): the spec, its sequences and items, each task's data and target items."""
+        found = {flag: self.path, "the [source] sequences": self.sequences,
+                 "the source items": self.sequences.with_name("items.parquet")}
+        for task in self.tasks:
+            found[f"the data of task '{task.name}'"] = task.data
+            if task.kind == "coldrec":
+                found[f"the target items of task '{task.name}'"] = task.target_items
+        return found
+
 
 def read_toml(path: Path, what: str) -> dict:
-    """A TOML file as a dict; DataError names the file when it is missing or not TOML."""
-    if not path.is_file():
-        raise DataError(path, f"{what} not found")
+    """A TOML file as a dict; DataError names the file when it is missing, not a file, or not TOML."""
+    from tasks.text import read_text
+
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        return tomllib.loads(read_text(path, what=what))
+    except tomllib.TOMLDecodeError as error:
         raise DataError(path, f"not valid TOML: {error}") from None
 
 

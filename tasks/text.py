@@ -1,13 +1,21 @@
-"""Reading the text files importers start from, with errors that name the file, line and field."""
+"""Reading a user's text files: the kind of path checked, a UTF-8 byte-order mark dropped, and errors that
+name the file, the line and the field (bad bytes included).
+
+Spreadsheet programs often start a saved CSV with the mark; every text reader goes through read_text.
+"""
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from tasks.errors import DataError
+from tasks.paths import require_file
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def line_error(path: Path, line: int, field: str | None, problem: str) -> DataError:
@@ -15,15 +23,19 @@ def line_error(path: Path, line: int, field: str | None, problem: str) -> DataEr
     return DataError(path, problem, row=line, field=field, where=f"line {line}")
 
 
-def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """The whole file as text (DataError when missing or undecodable)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
+def read_text(path: str | Path, encoding: str = "utf-8", what: str | None = None) -> str:
+    """The whole file as text, without a leading UTF-8 byte-order mark (whatever `encoding`); `what` says
+    which file it is in a message (e.g. "--input")."""
+    path = require_file(path, what)
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     try:
-        return path.read_text(encoding=encoding)
+        return data.decode(encoding)
     except UnicodeDecodeError as error:
-        raise DataError(path, f"not {encoding} text ({error})") from None
+        line = data[:error.start].count(b"\n") + 1
+        raise DataError(path, f"not {encoding} text (byte {data[error.start]:#04x} at byte offset "
+                              f"{error.start})", where=f"line {line}") from None
 
 
 def numbered_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
@@ -45,13 +57,15 @@ def fields_of(path: Path, line: int, text: str, separator: str, names: Sequence[
 
 
 def to_int(path: Path, line: int, field: str, token: str, minimum: int | None = 0) -> int:
-    """An integer field, at least `minimum`."""
+    """An integer field, at least `minimum`, and within 64 bits (ids become int64 arrays)."""
     try:
         value = int(token.strip())
     except ValueError:
         raise line_error(path, line, field, f"{token!r} is not an integer") from None
     if minimum is not None and value < minimum:
         raise line_error(path, line, field, f"{value} is below {minimum}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise line_error(path, line, field, f"{value} does not fit a 64-bit integer (at most {INT64_MAX})")
     return value
 
 

@@ -129,6 +129,13 @@ class Bundle:
         check_adapter_config(path, config, entry, self.fingerprint)
         return config
 
+    def unchanged(self, name: str) -> bool:
+        """Whether the task's files are there and match index.json's checksums (cheap; `verify` checks
+        headers and shapes too)."""
+        folder = self.root / self.entry(name)["path"]
+        files = self.entry(name)["files"]
+        return all((folder / f).is_file() and sha256_file(folder / f) == files[f] for f in TASK_FILES)
+
     def verify(self, backbone: Backbone | None = None) -> list[str]:
         """Every problem found (empty: all good): files, checksums, headers, shapes, and with a
         backbone its fingerprint. Each problem names its file."""

@@ -9,10 +9,15 @@ from peterrec.bundle.format import INDEX, TASK_FILES, BundleError
 from peterrec.bundle.reader import Bundle, open_bundle
 from tasks.atomic import staged_directory
 
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
 
 def export_bundle(path: str | Path, out: str | Path, force: bool = False) -> Path:
     """Pack the bundle at `path` (after verifying it) into one .tar (or .tar.gz) archive."""
     out = Path(out)
+    if not out.name.endswith(ARCHIVE_SUFFIXES):
+        raise BundleError(out, f"an archive's name ends in {', '.join(ARCHIVE_SUFFIXES)} (the suffix picks the "
+                               f"format: .tar.gz and .tgz are compressed)")
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists (pass --force to replace it)")
     bundle = open_bundle(path)

@@ -13,6 +13,7 @@ import numpy as np
 
 from tasks.dataset import NewTask, write_dataset
 from tasks.job import load_job
+from tasks.paths import check_apart
 from tasks.vocab import read_item_vocab, read_target_vocab
 
 
@@ -20,6 +21,7 @@ def import_data_dir(src: str | Path, out: str | Path, *, force: bool = False, co
     """Validate the data set of spec file `src` (or of DIR/tasks.toml) and write a canonical copy to `out`."""
     spec_path = Path(src) / "tasks.toml" if Path(src).is_dir() else Path(src)
     job, sequences, tasks = load_job(spec_path)
+    check_apart(out, "--out", job.inputs("SRC"))
     items_path = job.sequences.with_name("items.parquet")
     if items_path.exists():
         item_raw = read_item_vocab(items_path)[1:]

@@ -17,9 +17,10 @@ from tasks.dataset import NewTask, write_dataset
 from tasks.importers.movielens_files import (
     GENDERS, Layout, Profiles, detect_layout, read_movie_ids, read_profiles, read_ratings,
 )
-from tasks.text import line_error
+from tasks.paths import check_apart, require_dir
 from tasks.sequences import Sequences
 from tasks.splits import unit_hash
+from tasks.text import line_error
 
 USER, ITEM, RATING, TIME = range(4)
 
@@ -37,6 +38,8 @@ def import_movielens(
     """Import a MovieLens folder into `out`; return (spec path, notes for the summary)."""
     if not 0 < target_share < 1 or coldrec_max < 1:
         raise ValueError("target_share must lie in (0, 1) and coldrec_max be >= 1")
+    require_dir(src, "SRC: a MovieLens release folder")
+    check_apart(out, "--out", {"SRC": src})
     layout = detect_layout(src)
     ratings, lines = read_ratings(layout)
     profiles = read_profiles(layout)

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from tasks.dataset import NewTask, write_dataset
 from tasks.errors import DataError
 from tasks.paper_csv import PaperRows, read_paper_csv
+from tasks.paths import check_apart, require_dir
 from tasks.sequences import Sequences
 from tasks.vocab import read_item_vocab
 
@@ -37,6 +38,9 @@ def import_peterrec_csv(
     so a fine-tuning file lines up with an earlier pretraining import; unknown ids are errors.
     """
     path = Path(src)
+    check_apart(out, "--out", {"SRC": src, "--source-vocab": source_vocab})
+    if source_vocab is not None:
+        require_dir(source_vocab, "--source-vocab: an imported data directory")
     parsed = read_paper_csv(path)
     if source_vocab is not None:
         items_path = Path(source_vocab) / "source" / "items.parquet"
