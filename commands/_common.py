@@ -34,14 +34,31 @@ def fail(message: str) -> int:
     return 2
 
 
-@contextmanager
-def user_errors():
-    """Turn the errors a user can fix (bad data, checkpoint, bundle or settings) into `error: ...` + exit 2."""
+def user_error_types() -> tuple[type, ...]:
+    """The errors a user can fix: bad data, checkpoint, bundle, settings or paths."""
     from peterrec.bundle import BundleError
     from peterrec.checkpoint import CheckpointError
     from tasks import DataError
 
+    return DataError, CheckpointError, BundleError, FileExistsError, FileNotFoundError, ValueError
+
+
+def user_error_text(error: BaseException) -> str:
+    """What `error: ...` says: an OSError names its file and what the system said (no errno tuple)."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
+@contextmanager
+def user_errors():
+    """Turn the errors a user can fix (bad data, checkpoint, bundle, settings or paths) into `error: ...` +
+    exit 2; so is an OSError about a file the command was pointed at (permissions, a full disk)."""
     try:
         yield
-    except (DataError, CheckpointError, BundleError, FileExistsError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(fail(str(e))) from None
+    except user_error_types() as e:
+        raise SystemExit(fail(user_error_text(e))) from None
+    except OSError as e:
+        if e.filename is None:
+            raise
+        raise SystemExit(fail(user_error_text(e))) from None
