@@ -54,8 +54,12 @@ def finetune(settings, plan, ui: str | None) -> int:
              if cluster.address else "an embedded Ray cluster (loopback)")
     per = "" if settings.in_process else (f"; {cluster.cpus:g} CPU + {cluster.gpus:g} GPU per "
                                           f"{'task' if settings.pack == 1 else 'worker (task or pack)'}")
-    console.print(f"fine-tuning {len(plan.todo)} of {len(plan.tasks)} tasks in mode {plan.settings.mode} on "
-                  f"{where}{per}")
+    header = [f"fine-tuning {len(plan.todo)} of {len(plan.tasks)} tasks in mode {plan.settings.mode} on {where}{per}"]
+
+    def announce(*_) -> None:  # once the cluster is joined (or started): never a claim about one not reached
+        if header:
+            console.print(header.pop())
+
     ui = ui or ("rich" if sys.stdout.isatty() else "plain")
     if ui == "tui":
         import tui
@@ -64,14 +68,13 @@ def finetune(settings, plan, ui: str | None) -> int:
             console.print("--ui tui needs a terminal: showing the progress display instead")
             ui = "rich" if sys.stdout.isatty() else "plain"
     client = JobClient(plan.job_dir, job)
-    try:
-        if ui == "tui":  # the job runs inside the UI; quitting the UI stops it (resumable)
-            state = tui.run_job(job)
-        else:
-            with make_display(ui, client, console) as display:
-                state = job.run(on_tick=display.update)
-    except ConnectionError as e:  # --address that cannot be joined
-        raise ValueError(str(e)) from None
+    if ui == "tui":  # the job runs inside the UI; quitting the UI stops it (resumable)
+        announce()
+        state = tui.run_job(job)
+    else:
+        with make_display(ui, client, console) as display:
+            state = job.run(on_tick=lambda s: (announce(), display.update(s)))
+    announce()  # a job with nothing left to run never ticks
     rows = {r["task"]: r for r in client.results()}
     console.print(results_table([rows[t.name] for t in plan.tasks if t.name in rows]))
     console.print(f"results: {plan.job_dir / 'results.parquet'}   bundle: {plan.job_dir / 'bundle'}")

@@ -50,18 +50,21 @@ def run(args) -> int:
             console = Console()
             c = settings.cluster
             where = f"the Ray cluster at {c.address}" if c.address else "an embedded Ray cluster (loopback)"
-            console.print(f"{'resuming' if settings.resume else 'searching'} {len(plan.tasks)} tasks x "
-                          f"{settings.samples} samples in mode {settings.training.mode} with {settings.scheduler} on "
-                          f"{where}; {c.cpus:g} CPU + {c.gpus:g} GPU per trial")
-            for dim in plan.space.values():
-                console.print(f"  {dim.describe()}", highlight=False)
+            header = [f"{'resuming' if settings.resume else 'searching'} {len(plan.tasks)} tasks x "
+                      f"{settings.samples} samples in mode {settings.training.mode} with {settings.scheduler} on "
+                      f"{where}; {c.cpus:g} CPU + {c.gpus:g} GPU per trial"]
+
+            def announce() -> None:  # once the cluster is joined (or started)
+                if header:
+                    console.print(header.pop())
+                    for dim in plan.space.values():
+                        console.print(f"  {dim.describe()}", highlight=False)
+
             search = TuneSearch(plan, settings.options(), command)
             ui = args.ui or ("rich" if sys.stdout.isatty() else "plain")
-            try:
-                with make_search_display(ui, console) as display:
-                    outcome = search.run(on_update=display.update)
-            except ConnectionError as e:  # --address that cannot be joined
-                raise ValueError(str(e)) from None
+            with make_search_display(ui, console) as display:
+                outcome = search.run(on_update=lambda monitor: (announce(), display.update(monitor)))
+            announce()
         finally:
             plan.release()
     table, configs = search_summary(outcome.best)

@@ -279,15 +279,8 @@ def launch(settings: JobSettings, started_at: float | None = None):
     from orchestrator.job import FinetuneJob
     from orchestrator.plan import plan_for
 
-    from orchestrator.cluster import check_reachable
-
     started_at = started_at or time.time()  # the job's clock starts now, not when the UI did
-    settings.check()
-    if settings.cluster.address:
-        try:
-            check_reachable(settings.cluster.address)
-        except ConnectionError as e:
-            raise SettingError("cluster.address", str(e)) from None
+    settings.check()  # plan_for checks --address too (ClusterUnreachable, a SettingError)
     options = settings.options()
     plan = plan_for(settings)
     try:

@@ -19,7 +19,7 @@ import socket
 import threading
 from collections import deque
 
-from orchestrator.cluster import connect, node_label
+from orchestrator.cluster import connect, lost_nodes, node_id, node_label
 from orchestrator.hub import ActorHub, LocalHub, start_hub
 from orchestrator.packing import Unit, worker_slots
 from orchestrator.shared import share, shared_backbone, shared_sequences
@@ -40,13 +40,13 @@ class UnitCancelled(Exception):
 def _ray_task(refs, hub, spec, data, settings, cpus: float, gpus: float, fails: int) -> dict:
     device = worker_device(cpus, gpus)
     return run_task(hub, lambda: (shared_backbone(refs, device), shared_sequences(refs)), spec, data, settings,
-                    device, (node_label(), os.getpid()), fails)
+                    device, (node_label(), os.getpid(), node_id()), fails)
 
 
 def _ray_pack(refs, hub, specs, datas, settings, cpus: float, gpus: float, fails: list[int]):
     device = worker_device(cpus, gpus)
     yield from run_pack(hub, lambda: (shared_backbone(refs, device), shared_sequences(refs)), specs, datas,
-                        settings, device, (node_label(), os.getpid()), fails)
+                        settings, device, (node_label(), os.getpid(), node_id()), fails)
 
 
 def _ray_measure(refs, specs, datas, settings, cpus: float, gpus: float, work_steps: int | None) -> dict:
@@ -121,6 +121,10 @@ class RayExecutor:
         import ray
 
         ray.cancel(handle)
+
+    def lost_nodes(self) -> dict[str, str]:
+        """{node id: IP} of the cluster's dead nodes (a task on one shows `retrying` before Ray says so)."""
+        return lost_nodes()
 
     def measure(self, plan, names: list[str], work_steps: int | None) -> dict:
         import ray
@@ -242,6 +246,9 @@ class LocalExecutor:
 
     def cancel(self, handle: _LocalUnit) -> None:
         handle.cancelled = True  # skipped if not started; a running unit stops through the hub's cancel flag
+
+    def lost_nodes(self) -> dict[str, str]:
+        return {}  # one process, no nodes to lose
 
     def measure(self, plan, names: list[str], work_steps: int | None) -> dict:
         return measure_pack(self.backbone, self.sequences, [plan.spec(n) for n in names],

@@ -23,6 +23,7 @@ class ProgressHub:
         self.version = 0
         self.changed = {name: 0 for name in self.tasks}
         self.first_progress_at: float | None = None
+        self.node_ids: dict[str, str | None] = {}  # task -> Ray node id of its current attempt (node_lost)
 
     def _touch(self, task: TaskState) -> None:
         self.version += 1
@@ -31,10 +32,11 @@ class ProgressHub:
 
     # Workers -------------------------------------------------------------------------------------
 
-    def started(self, name: str, node: str, pid: int, pack: int = 1) -> tuple[int, bool]:
-        """A new attempt begins (alone, or in a fused pack of `pack` tasks): (its number, whether the
-        task is cancelled)."""
+    def started(self, name: str, node: str, pid: int, pack: int = 1, node_id: str | None = None) -> tuple[int, bool]:
+        """A new attempt begins (alone, or in a fused pack of `pack` tasks) on `node` (its Ray node id:
+        `node_id`): (its number, whether the task is cancelled)."""
         task = self.tasks[name]
+        self.node_ids[name] = node_id
         task.attempts += 1
         task.status, task.node, task.pid, task.pack = RUNNING, node, pid, pack
         task.step, task.total, task.loss, task.metric, task.samples_per_s, task.history = 0, 0, None, None, None, []
@@ -62,6 +64,19 @@ class ProgressHub:
             self._touch(task)
 
     # Driver --------------------------------------------------------------------------------------
+
+    def node_lost(self, lost: dict[str, str]) -> list[str]:
+        """Nodes the cluster declared dead ({node id: IP}): their running tasks show `retrying` (the driver
+        runs them again once Ray reports the lost attempt); returns those tasks."""
+        moved = []
+        for name, task in self.tasks.items():
+            node_id = self.node_ids.get(name)
+            if task.status == RUNNING and node_id in lost:
+                task.status, task.pid = RETRYING, None
+                task.error = f"node {lost[node_id]} ({node_id[:8]}) lost; the task runs again elsewhere"
+                self._touch(task)
+                moved.append(name)
+        return moved
 
     def finished(self, name: str, status: str, value: float | None = None, error: str | None = None,
                  seconds: float | None = None) -> None:
@@ -106,10 +121,10 @@ class ActorHub:
     def __init__(self, actor):
         self.actor = actor
 
-    def started(self, name: str, node: str, pid: int, pack: int = 1) -> tuple[int, bool]:
+    def started(self, name: str, node: str, pid: int, pack: int = 1, node_id: str | None = None) -> tuple[int, bool]:
         import ray
 
-        return ray.get(self.actor.started.remote(name, node, pid, pack))
+        return ray.get(self.actor.started.remote(name, node, pid, pack, node_id))
 
     def report(self, *args) -> "_RayAnswer":
         return _RayAnswer(self.actor.report.remote(*args))
@@ -122,6 +137,9 @@ class ActorHub:
 
     def queued(self, names: list[str]) -> None:
         self.actor.queued.remote(names)
+
+    def node_lost(self, lost: dict[str, str]) -> None:
+        self.actor.node_lost.remote(lost)
 
     def cancel(self, names: list[str]) -> None:
         self.actor.cancel.remote(names)

@@ -30,6 +30,7 @@ from orchestrator.worker import error_text
 
 TICK_S = 0.25  # the driver's loop: results, commands, display
 PERSIST_S = 0.5  # state.json at most this often
+NODES_S = 2.0  # the cluster's node list at most this often (a lost node's tasks show `retrying`)
 FAULTS_ENV = "PETERREC_FAIL_TASKS"  # "a,b:1": task a fails every attempt, b its first attempt
 
 
@@ -75,6 +76,7 @@ class FinetuneJob:
         self.snapshot = self.state.to_dict()  # what other threads read (JobClient): replaced, never mutated
         self._seen_version = 0
         self._persisted_at = 0.0
+        self._nodes_at, self._lost_nodes = 0.0, {}
 
     # Actions (any thread) ------------------------------------------------------------------------
 
@@ -158,10 +160,24 @@ class FinetuneJob:
                 self._pull(hub)  # attempts and timings of the finished tasks
             for handle in ready:
                 self._collect(executor, handle, in_flight, pending)
+            self._watch_nodes(executor)
             self._pull(hub)
             self._persist()
             if on_tick:
                 on_tick(self.state)
+
+    def _watch_nodes(self, executor) -> None:
+        """Tasks on a node the cluster declared dead show `retrying` at once: Ray reports their lost attempts
+        about when it declares the node dead, but runs them again only when a CPU is free."""
+        now = time.monotonic()
+        if now - self._nodes_at < NODES_S:
+            return
+        self._nodes_at = now
+        lost = {k: v for k, v in executor.lost_nodes().items() if k not in self._lost_nodes}
+        if lost:
+            self._lost_nodes.update(lost)
+            self.hub.node_lost(lost)
+            self.state.cluster["lost_nodes"] = [f"{ip} ({node[:8]})" for node, ip in self._lost_nodes.items()]
 
     def _collect(self, executor, handle, in_flight: dict, pending: deque) -> None:
         """Record the next result the unit has given; when it has no more (or was lost or cancelled), what
@@ -192,6 +208,7 @@ class FinetuneJob:
         missing = [n for n in unit.names if n not in unit.reported]
         again = [n for n in missing if "error" in out and self._attempts_left(n) > 0]
         if len(again) > 1 and not self.stopping:
+            self._retrying(again, out["error"])
             pending.appendleft(Unit(again))
             missing = [n for n in missing if n not in again]
         for name in missing:
@@ -206,6 +223,7 @@ class FinetuneJob:
         if "error" in out:
             left = self._attempts_left(name, out.get("attempt", 0))
             if left > 0 and not self.stopping:
+                self._retrying([name], out["error"], out.get("attempt"))
                 pending.appendleft(Unit([name]))
                 return
             self._failed(name, out["error"], time.time() - (task.started_at or time.time()), attempts)
@@ -225,6 +243,12 @@ class FinetuneJob:
             return
         self._finished(name, st.DONE, value=row["value"], seconds=row["seconds"])
         self._timing("first_result", once=True)
+
+    def _retrying(self, names: list[str], error: str, attempt: int | None = None) -> None:
+        """Tasks that run again show `retrying` until their next attempt starts (a lost worker's task would
+        otherwise show `running` with a dead pid while it waits for a free CPU)."""
+        for name in names:
+            self.hub.attempt_failed(name, attempt or self.state.tasks[name].attempts, error)
 
     def _attempts_left(self, name: str, attempt: int = 0) -> int:
         """Attempts a task may still make: --retries + 1 in all, packed or alone."""

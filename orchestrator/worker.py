@@ -70,6 +70,12 @@ def failure(hub, name: str, attempt: int, error: BaseException, seconds: float) 
     return {"error": error_text(error), "attempt": attempt, "seconds": seconds}
 
 
+def started(hub, name: str, where: tuple, pack: int = 1) -> tuple[int, bool]:
+    """hub.started for a worker at `where`: (node label, pid) or (node label, pid, Ray node id)."""
+    node, pid, *node_id = where
+    return hub.started(name, node, pid, pack, *node_id)
+
+
 def run_task(hub, load: Callable, task_spec, task_data, settings: FinetuneSettings, device: torch.device,
              where: tuple[str, int], fail_attempts: int = 0) -> dict:
     """Fine-tune one task over the job's shared backbone (`load()` -> (backbone, sequences)).
@@ -78,7 +84,7 @@ def run_task(hub, load: Callable, task_spec, task_data, settings: FinetuneSettin
     {"cancelled": True, ...} when the hub cancelled the task, or {"error": text, ...} when it failed.
     """
     start = time.perf_counter()
-    attempt, cancelled = hub.started(task_spec.name, *where)
+    attempt, cancelled = started(hub, task_spec.name, where)
     if cancelled:
         return {"cancelled": True, "attempt": attempt, "seconds": time.perf_counter() - start}
     try:
@@ -98,7 +104,7 @@ def run_pack(hub, load: Callable, task_specs: list, task_datas: list, settings: 
     what run_task returns) as each task leaves the pack. A task's error never stops the pack."""
     start = time.perf_counter()
     names = [s.name for s in task_specs]
-    begun = [hub.started(name, *where, len(names)) for name in names]
+    begun = [started(hub, name, where, len(names)) for name in names]
     attempts = {name: attempt for name, (attempt, _) in zip(names, begun)}
     members = []
     for spec, data, task_settings, (attempt, cancelled), fails in zip(
