@@ -32,6 +32,13 @@ class Forward(tune.Callback):
         if _active[0] is not None:
             _active[0].step(trials)
 
+    def on_experiment_end(self, trials, **info):
+        # Who is who only (a search resumed with nothing left to run never steps); the statuses stay as last
+        # seen while running, where a trial cut by Ctrl-C still shows RUNNING.
+        if _active[0] is not None:
+            for trial in trials:
+                _active[0].identify(trial)
+
 
 @dataclass
 class TrialView:
@@ -71,17 +78,22 @@ class SearchMonitor:
         self.total = len(plan.points)
         self.tasks = {t.name: TaskBest(t.metric) for t in plan.tasks}
         self.statuses: dict[tuple, str] = {}  # (task, sample) -> Tune's status, as last seen
+        # Tune's trial directory -> ((task, sample), trial_id): which trial a Result of the ResultGrid is. Not
+        # Result.config: until a trial on a reused actor has reported, Tune shows the config and trial_id of
+        # that actor's previous trial there (Trial.set_ray_actor asks the actor before its reset; issue 16).
+        self.identity: dict[str, tuple[tuple, str]] = {}
         self.running: dict[str, st.TaskState] = {}
         self._version, self._pulled = 0, 0.0
 
     def step(self, trials) -> None:
         for trial in trials:
-            key = (trial.config.get("task"), trial.config.get("sample"))
-            if key[0] not in self.tasks:
+            view = self.identify(trial)
+            if view is None:
                 continue
-            view = self.tasks[key[0]].trials.setdefault(
-                key[1], TrialView(*key, {k: v for k, v in trial.config.items() if k not in META_KEYS}))
+            key = (view.task, view.sample)
             result = trial.last_result or {}
+            if result.get("trial_id") != trial.trial_id:  # a reused actor's stand-in for its previous trial
+                result = {}
             view.status, view.score = trial.status, result.get("best_valid", view.score)
             view.final, view.seconds = bool(result.get("final")), result.get("time_total_s")
             if trial.status in ENDED and self.statuses.get(key) not in ENDED:  # ended now, or before a resume
@@ -91,6 +103,19 @@ class SearchMonitor:
                                          seconds=view.seconds)
             self.statuses[key] = trial.status
         self.refresh()
+
+    def identify(self, trial) -> "TrialView | None":
+        """The trial's view, made when first seen, and its entry in `identity`; None: not a trial of this
+        search."""
+        key = (trial.config.get("task"), trial.config.get("sample"))
+        if key[0] not in self.tasks:
+            return None
+        try:
+            self.identity[trial.path] = (key, trial.trial_id)
+        except RuntimeError:  # its directory is named when it is first scheduled
+            pass
+        return self.tasks[key[0]].trials.setdefault(
+            key[1], TrialView(*key, {k: v for k, v in trial.config.items() if k not in META_KEYS}))
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()

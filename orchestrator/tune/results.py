@@ -64,8 +64,13 @@ def trial_row(task_metric: str, config: dict, trial_id: str, status: str, metric
 
 
 def write_trials(out_dir: Path, rows: list[dict]) -> Path:
-    """All rows, by task then sample, written atomically."""
+    """All rows, by task then sample, written atomically; exactly one row per (task, sample)."""
     rows = sorted(rows, key=lambda r: (r["task"], r["sample"]))
+    twice = sorted({(a["task"], a["sample"]) for a, b in zip(rows, rows[1:])
+                    if (a["task"], a["sample"]) == (b["task"], b["sample"])})
+    if twice:  # a bug in reading Tune's results, never a user error: nothing is written
+        raise RuntimeError(f"{TRIALS_FILE}: more than one row for trial(s) "
+                           f"{', '.join(trial_name(t, s) for t, s in twice)}; not written")
     table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
     path = Path(out_dir) / TRIALS_FILE
     with staged_file(path) as staging:

@@ -54,7 +54,7 @@ class SearchPlan:
 
 
 def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOptions, space_path=None,
-                only=None, resume: bool = False, force: bool = False) -> SearchPlan:
+                only=None, resume: bool = False, force: bool = False, vocab_prefix: bool = False) -> SearchPlan:
     """Check everything before Ray starts (DataError / CheckpointError / ValueError / FileExistsError),
     then take OUT (a lock held until `release`)."""
     import shutil
@@ -63,11 +63,13 @@ def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOpti
     from orchestrator.tune.space import default_space, load_space, trial_points
     from peterrec.bundle import backbone_fingerprint
     from tasks import DataError
+    from tasks.paths import check_apart
 
     out_dir = Path(out_dir).absolute()
     check_output_dir(out_dir, resume, force, "search's finished trials", "continue its search")
     job, sequences, task_data, backbone, tasks, task_settings = load_inputs(
-        spec_path, backbone_path, settings, only)
+        spec_path, backbone_path, settings, only, vocab_prefix)
+    check_apart(out_dir, "--out", {"--backbone": backbone_path, "--space": space_path, **job.inputs()})
     for t in tasks:
         if len(task_data[t.name].part("valid")[0]) == 0:
             raise DataError(t.data, "no rows in split 'valid': a search ranks trials by the validation metric",
@@ -96,9 +98,13 @@ def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOpti
 def plan_for(settings: SearchSettings) -> SearchPlan:
     """plan_search for an orchestrator.settings.SearchSettings: its own checks first, then plan_search's."""
     settings.check()
+    if settings.cluster.address:  # within seconds, before OUT is taken (ClusterUnreachable)
+        from orchestrator.cluster import check_address
+
+        check_address(settings.cluster.address)
     return plan_search(resolve_spec(settings.tasks), settings.backbone, settings.out,
                        settings.training.finetune_settings(), settings.options(), settings.space, settings.only,
-                       resume=settings.resume, force=settings.force)
+                       resume=settings.resume, force=settings.force, vocab_prefix=settings.training.vocab_prefix)
 
 
 def check_same_search(saved: Path, identity: dict) -> None:
@@ -186,23 +192,26 @@ class TuneSearch:
             monitor.refresh(force=True)
         finally:
             activate(None)
-        return self._write(grid, monitor.statuses)
+        return self._write(grid, monitor)
 
-    def _write(self, grid, statuses: dict) -> SearchOutcome:
-        """trials.parquet always; best.json and the tuned spec once every trial has ended."""
+    def _write(self, grid, monitor) -> SearchOutcome:
+        """trials.parquet always; best.json and the tuned spec once every trial has ended. Each Result is
+        known by its trial's directory (monitor.identity), never by the config in its metrics."""
         from orchestrator.tune.results import best_per_task, trial_row, write_best, write_trials, write_tuned_spec
-        from orchestrator.worker import error_text
 
         plan = self.plan
         rows = []
         for result in grid:
-            config, metrics = result.config or {}, result.metrics or {}
-            if "task" not in config:
+            if result.path not in monitor.identity:  # never reached the monitor: not a trial of this search
                 continue
-            trial_id = metrics.get("trial_id") or ""
-            status = trial_status(statuses.get((config["task"], config["sample"])), metrics, result.error)
-            rows.append(trial_row(plan.job.task(config["task"]).metric, config, trial_id, status, metrics,
-                                  error_text(result.error) if result.error else None))
+            (task, sample), trial_id = monitor.identity[result.path]
+            metrics = result.metrics or {}
+            if metrics.get("trial_id") != trial_id:  # a stand-in describing the reused actor's previous trial
+                metrics = {}
+            config = {"task": task, "sample": sample, **monitor.tasks[task].trials[sample].config}
+            status = trial_status(monitor.statuses.get((task, sample)), metrics, result.error)
+            rows.append(trial_row(plan.job.task(task).metric, config, trial_id, status, metrics,
+                                  trial_error_text(result.error) if result.error else None))
         interrupted = len(rows) < len(plan.points) or any(r["status"] == UNFINISHED for r in rows)
         paths = {"trials": write_trials(plan.out_dir, rows)}
         best = best_per_task(rows, plan.tasks)
@@ -221,6 +230,22 @@ def trial_status(tune_status: str | None, metrics: dict, error) -> str:
     if metrics.get("final"):
         return DONE
     return STOPPED if tune_status == "TERMINATED" or (tune_status is None and metrics) else UNFINISHED
+
+
+def trial_error_text(error) -> str:
+    """A failed trial's error as one line: the exception's (orchestrator.worker.error_text), or, for an error
+    Tune only kept as its error file's text ("Failure # 1 (occurred at ...)" + traceback), the text's last
+    line, which names the exception."""
+    from orchestrator.worker import error_text
+
+    cause = getattr(error, "cause", None)
+    text = error if isinstance(error, str) else cause if isinstance(cause, str) else None
+    if text is None and not isinstance(cause, BaseException) and str(error).lstrip().startswith("Failure #"):
+        text = str(error)
+    if text is None:
+        return error_text(error)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "unknown error")[:500]
 
 
 def check_fits(options: SearchOptions, cluster: dict) -> None:
