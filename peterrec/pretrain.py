@@ -37,14 +37,14 @@ def mean_loss(objective: torch.nn.Module, items: np.ndarray, device: torch.devic
         return float("nan")
     was_training = objective.training
     objective.eval()
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     total, count = 0.0, 0
-    for start in range(0, len(items), EVAL_BATCH):
-        batch = torch.as_tensor(items[start:start + EVAL_BATCH]).to(device)
-        total += objective(batch).item() * len(batch)
-        count += len(batch)
-    torch.random.set_rng_state(state)
+    # The training's RNG streams (CPU and this CUDA device) continue as if no validation had run.
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(items), EVAL_BATCH):
+            batch = torch.as_tensor(items[start:start + EVAL_BATCH]).to(device)
+            total += objective(batch).item() * len(batch)
+            count += len(batch)
     objective.train(was_training)
     return total / count
 

@@ -101,18 +101,24 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
           on_progress: Callable[[Progress], bool | None] | None = None,
           loss_fn: Callable[..., torch.Tensor] | None = None,
           optimizer: torch.optim.Optimizer | None = None, start_step: int = 0,
-          on_epoch_end: Callable[[Progress], bool | None] | None = None) -> TrainResult:
+          on_epoch_end: Callable[[Progress], bool | None] | None = None,
+          rng: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Minimise loss_fn(*batch) (default: module(*batch)) over shuffled batches of `arrays`
     (aligned along axis 0), training the parameters of `module` that require grad.
 
     `evaluate` returns a validation metric (higher is better); `on_progress` may return True to stop.
     Resuming (Ray Train checkpoints): pass the `optimizer` with its restored state and the steps already
-    done as `start_step`; the shuffles of those steps are replayed, not trained. `on_epoch_end` is called
-    after each epoch (and when max_steps ends one early), e.g. to checkpoint; it may return True to stop.
+    done as `start_step`; the shuffles of those steps are replayed, not trained, and `rng` (rng_state() taken
+    where the checkpoint was) continues the global RNG (cloze masks, sampled negatives) where it stood; without
+    it the global RNG is seeded with config.seed. `on_epoch_end` is called after each epoch (and when
+    max_steps ends one early), e.g. to checkpoint; it may return True to stop.
     """
     loss_fn = loss_fn or module
     device = device or pick_device()
-    torch.manual_seed(config.seed)
+    if rng is None:
+        torch.manual_seed(config.seed)
+    else:
+        set_rng_state(rng, device)
     params = trainable_parameters(module)
     optimizer = optimizer or make_optimizer(params, config)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda"
@@ -129,6 +135,23 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
             batch = run.send(loss.item())
     except StopIteration as end:
         return end.value
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global RNG streams a training step draws from (cloze masks, sampled negatives): the CPU
+    generator's state and, on CUDA, the device's; uint8 tensors (they go into a safetensors file)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        if "cuda" not in state:
+            raise ValueError("the saved RNG state has no CUDA generator: it was taken on CPU")
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def optimizer_step(params: list[nn.Parameter], optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:

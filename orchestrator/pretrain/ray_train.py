@@ -269,14 +269,14 @@ def train_worker(config: dict) -> dict | None:
     import ray.train.torch
     import torch
 
-    from orchestrator.pretrain.state import load_train_state, load_weights, save_train_state
+    from orchestrator.pretrain.state import load_rng, load_train_state, load_weights, save_rng, save_train_state
     from orchestrator.shared import SequenceArrays
     from peterrec.backbone import Backbone
     from peterrec.checkpoint import save_checkpoint
     from peterrec.config import BackboneConfig
     from peterrec.objectives import make_objective
     from peterrec.pretrain import mean_loss, pretrain_arrays
-    from peterrec.training import TrainConfig, train
+    from peterrec.training import TrainConfig, rng_state, train
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -300,10 +300,12 @@ def train_worker(config: dict) -> dict | None:
             model = ray.train.torch.prepare_model(objective)  # to the device, DDP when world > 1
             optimizer = _optimizer(model, train_config)
             state = load_train_state(Path(directory), optimizer)
+            rng = load_rng(Path(directory), rank, world)
     else:
         model = ray.train.torch.prepare_model(objective)
         optimizer = _optimizer(model, train_config)
         state = {"step": 0, "epoch": 0, "valid_loss_before": None, "history": []}
+        rng = None
     start_step = int(state["step"])
     if rank == 0 and state["valid_loss_before"] is None:
         state["valid_loss_before"] = mean_loss(objective, valid_items, device)
@@ -317,6 +319,7 @@ def train_worker(config: dict) -> dict | None:
 
     def on_epoch_end(p) -> None:
         metrics = {"step": p.step, "epoch": p.epoch, "loss": p.loss}
+        rngs = _gather(rng_state(device), world)  # every rank takes part; rank 0 saves them all
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
@@ -330,10 +333,11 @@ def train_worker(config: dict) -> dict | None:
             save_checkpoint(path, objective.backbone, objective.output,
                             {"pretraining": {"step": p.step, "epoch": p.epoch, "workers": world}})
             save_train_state(path, optimizer, state)
+            save_rng(path, rngs)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path))
 
     result = train(model, (train_items,), train_config, device, on_progress=on_progress, optimizer=optimizer,
-                   start_step=start_step, on_epoch_end=on_epoch_end)
+                   start_step=start_step, on_epoch_end=on_epoch_end, rng=rng)
     if rank != 0:
         return None
     final_loss = result.final_loss if start_step < result.steps or not state["history"] \
@@ -342,6 +346,17 @@ def train_worker(config: dict) -> dict | None:
             "seconds": result.seconds, "samples_per_s": result.samples_per_s * world,
             "valid_loss_before": state["valid_loss_before"],
             "valid_loss_after": mean_loss(objective, valid_items, device), "history": state["history"]}
+
+
+def _gather(state: dict, world: int) -> list[dict]:
+    """Every rank's RNG state, in rank order (CPU tensors: the same call on gloo and NCCL)."""
+    import torch.distributed as dist
+
+    if world == 1 or not dist.is_initialized():
+        return [state]
+    states = [None] * world
+    dist.all_gather_object(states, {k: v.cpu() for k, v in state.items()})
+    return states
 
 
 def _optimizer(model, train_config):

@@ -5,6 +5,9 @@ A Ray Train checkpoint of `pretrain --workers N` is a peterrec backbone checkpoi
   optimizer.safetensors   the optimizer's tensors, named state.<param index>.<key> (AdamW: step, exp_avg, ...)
   trainer_state.json      {"format": "peterrec-pretrain-state", "version": 1, "step": ..., "epoch": ...,
                            "optimizer": {"param_groups": [...], "state": {non-tensor entries}}, ...}
+  rng.safetensors         each rank's global RNG state where the checkpoint was taken (cpu.<rank>, and
+                           cuda.<rank> on GPUs), so a resumed run draws the same cloze masks and sampled
+                           negatives as an uninterrupted one
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from peterrec.checkpoint import CheckpointError, load_tensors, read_versioned_js
 FORMAT = "peterrec-pretrain-state"
 VERSION = 1
 OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
 STATE_FILE = "trainer_state.json"
 
 
@@ -86,3 +90,26 @@ def load_weights(path: Path, objective: torch.nn.Module) -> None:
                                    strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{Path(path) / 'model.safetensors'}: tensors do not fit the run ({e})") from None
+
+
+def save_rng(path: Path, states: list[dict[str, torch.Tensor]]) -> None:
+    """Every rank's RNG state (peterrec.training.rng_state, in rank order) into checkpoint dir `path`."""
+    save_file({f"{kind}.{rank}": tensor.cpu().contiguous() for rank, state in enumerate(states)
+               for kind, tensor in state.items()}, str(Path(path) / RNG_FILE))
+
+
+def load_rng(path: Path, rank: int, world: int) -> dict[str, torch.Tensor] | None:
+    """This rank's RNG state from checkpoint dir `path`; None for a checkpoint written without one (the run
+    then continues reseeded, not bit-exact)."""
+    rng_path = Path(path) / RNG_FILE
+    if not rng_path.exists():
+        return None
+    try:
+        tensors = load_file(str(rng_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{rng_path}: not a readable safetensors file ({e})") from None
+    ranks = {int(name.split(".")[1]) for name in tensors}
+    if ranks != set(range(world)):
+        raise CheckpointError(f"{rng_path}: saved by {len(ranks)} workers, this run has {world}; resume with "
+                              f"--workers {len(ranks)}")
+    return {kind: tensors[f"{kind}.{rank}"] for kind in ("cpu", "cuda") if f"{kind}.{rank}" in tensors}
