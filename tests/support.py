@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -189,3 +191,114 @@ def write_trials(folder: Path) -> Path:
     pq.write_table(table, folder / "trials.parquet")
     return folder
 
+
+
+# Bad inputs: a table of cases per command (test_bad_inputs.py) ------------------------------------------------
+
+
+@dataclass
+class Bad:
+    """A command line that must fail cleanly: its exit code, the words its message must hold, and nothing
+    written or changed. "{name}" in argv is replaced by the path (or value) called `name`; `env` sets (or,
+    with None, removes) environment variables for the case."""
+
+    id: str
+    argv: list
+    rc: int = 2
+    words: tuple = ()
+    env: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:  # pytest's id of the case
+        return self.id
+
+
+def fill(argv: list, names: dict) -> list[str]:
+    return [str(word).format(**names) for word in argv]
+
+
+def tree_state(*roots: Path) -> dict[str, str]:
+    """Every file and folder under `roots`: its path -> sha256 of its bytes (a folder: "dir", a link: its target)."""
+    out = {}
+    for root in roots:
+        for path in sorted([Path(root), *Path(root).rglob("*")]):
+            if path.is_symlink():
+                out[str(path)] = f"link:{os.readlink(path)}"
+            elif path.is_dir():
+                out[str(path)] = "dir"
+            elif path.exists():
+                out[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def run_bad(case: Bad, names: dict, roots: list[Path], capfd, monkeypatch) -> str:
+    """Run `case` through cli.main and check how it ends; returns its stderr."""
+    import cli
+
+    for key, value in case.env.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    before = tree_state(*roots)
+    capfd.readouterr()
+    try:
+        rc = cli.main(fill(case.argv, names))
+    except SystemExit as e:  # argparse's own errors (exit 2)
+        rc = e.code
+    out, err = capfd.readouterr()
+    assert rc == case.rc, f"exit {rc}, expected {case.rc}: {err[-2000:]}"
+    assert "Traceback" not in out + err, out + err
+    assert "on the Ray cluster at" not in out, out  # never a claim about a cluster it did not join
+    for word in case.words:
+        assert str(word).format(**names) in err, f"{word!r} not in: {err[-2000:]}"
+    assert tree_state(*roots) == before, "the command wrote or changed files"
+    return err
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (just now)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def silent_listener() -> int:
+    """A loopback port that accepts connections and closes them at once (no Ray there); lives with the process."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        while True:
+            conn, _ = server.accept()
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def movielens_100k(folder: Path, ratings: int = 12, users: int = 6, movies: int = 6) -> Path:
+    """A tiny hand-made MovieLens 100K folder (u.data, u.user, u.item, u.occupation)."""
+    folder.mkdir(parents=True)
+    (folder / "u.occupation").write_text("engineer\nwriter\n")
+    (folder / "u.user").write_text("".join(f"{u}|{20 + 5 * u}|{'MF'[u % 2]}|{('engineer', 'writer')[u % 2]}|0{u}000\n"
+                                           for u in range(1, users + 1)))
+    (folder / "u.item").write_text("".join(f"{m}|Movie {m} (1995)|01-Jan-1995||http://x|0|1\n"
+                                           for m in range(1, movies + 1)), encoding="latin-1")
+    (folder / "u.data").write_text("".join(f"{1 + i % users}\t{1 + (i * 5) % movies}\t{1 + i % 5}\t{1000 + i}\n"
+                                           for i in range(ratings)))
+    return folder
+
+
+def replace_line(path: Path, number: int, field: int, value: str, separator: str) -> None:
+    """Set field `field` (0-based) of 1-based line `number` of a text file."""
+    lines = path.read_text(encoding="latin-1").splitlines()
+    parts = lines[number - 1].split(separator)
+    parts[field] = value
+    lines[number - 1] = separator.join(parts)
+    path.write_text("\n".join(lines) + "\n", encoding="latin-1")

@@ -52,11 +52,16 @@ def remove_node_scenario(spec: str, backbone: str, out: str, pack: str = "1") ->
         args = cli.build_parser().parse_args(finetune_args(spec, backbone, out, steps=STEPS) + ["--epochs", "1000"])
         plan = plan_for(settings_from_args(JobSettings, args))
         job = FinetuneJob(plan, JobOptions(cpus_per_task=1, retries=2, pack=pack))
-        removed = {}
+        removed, seen = {}, {}
 
         def on_tick(state):
             running = [n for n, t in state.tasks.items() if t.status == "running"]
             training = {t.pid for t in state.tasks.values() if t.status == "running" and t.step > 0}
+            if removed:  # what each task showed after the removal, in order (repeats dropped)
+                for name, task in state.tasks.items():
+                    shown = seen.setdefault(name, [])
+                    if not shown or shown[-1] != [task.status, task.attempts]:
+                        shown.append([task.status, task.attempts])
             if not removed and len(training) == 2:  # both nodes' workers are past their first step
                 cluster.remove_node(workers[1])
                 removed.update(running=running, done=[n for n, t in state.tasks.items() if t.status == "done"])
@@ -65,7 +70,8 @@ def remove_node_scenario(spec: str, backbone: str, out: str, pack: str = "1") ->
         return {"removed": removed, "rows": read_results(out), "bundle": sorted(bundle_hashes(out)),
                 "attempts": {n: t.attempts for n, t in state.tasks.items()}, "status": state.status,
                 "ips": state.cluster["node_ips"], "nodes": state.cluster["nodes"],
-                "alive_after": sum(n["Alive"] for n in ray.nodes())}
+                "alive_after": sum(n["Alive"] for n in ray.nodes()), "seen": seen,
+                "lost_nodes": state.cluster.get("lost_nodes", [])}
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -91,6 +97,15 @@ def test_job_survives_removing_a_worker_node(tmp_path, pack):
     assert report["bundle"] == names and report["status"] == "done"
     # The task on the removed node was run again elsewhere.
     assert any(report["attempts"][n] >= 2 for n in report["removed"]["running"]), report["attempts"]
+    # Meanwhile it showed `retrying`, not `running` with a dead worker's pid (issue 16), then ran again.
+    again = [n for n in report["removed"]["running"] if report["attempts"][n] >= 2]
+    for name in again:
+        shown = report["seen"][name]
+        first_retry = next((i for i, (status, _) in enumerate(shown) if status == "retrying"), None)
+        assert first_retry is not None, shown
+        assert all(status == "running" for status, attempts in shown[:first_retry]), shown
+        assert any(status in ("running", "done") and attempts >= 2 for status, attempts in shown[first_retry:]), shown
+    assert len(report["lost_nodes"]) == 1 and report["lost_nodes"][0].startswith("127.0.0.1 ("), report["lost_nodes"]
 
 
 def ray_processes_of(pgid: int) -> list[psutil.Process]:

@@ -6,6 +6,7 @@ Ray is started once for the module (2 CPUs); each Ray Train run costs ~20 s of w
 2-core machine, so the module runs two: one stopped after its first epoch, then its resume.
 """
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 
 import cli
 from orchestrator.pretrain.ray_train import RUN_NAME, SETTINGS_FILE, default_storage, prepare_storage, rank_rows
-from orchestrator.pretrain.state import OPTIMIZER_FILE, STATE_FILE, load_train_state, save_train_state
+from orchestrator.pretrain.state import OPTIMIZER_FILE, RNG_FILE, STATE_FILE, load_train_state, save_train_state
 from peterrec.checkpoint import fingerprint, load_backbone
 
 # 190 training users, 95 per worker, 32 / 2 = 16 per worker and step: 6 steps per epoch.
@@ -60,18 +61,20 @@ def ray_checkpoints(storage: Path) -> list[Path]:
 
 
 def test_two_workers_stop_after_an_epoch_then_resume_to_the_end(data, ray_cluster, tmp_path, capsys):
+    """Cloze, so every step draws its masks from each rank's RNG: the resumed run ends with the very tensors
+    of an uninterrupted one (each rank's RNG state is in the checkpoint; issue 16)."""
     out = tmp_path / "backbone"
     storage = default_storage(out)
 
     # An interrupted run: it stops after its first epoch (of 3) and leaves that epoch's checkpoint.
-    args = ["--data", data, "--out", out, "--workers", 2, "--epochs", 3, *TINY]
+    args = ["--data", data, "--out", out, "--workers", 2, "--epochs", 3, *TINY, "--arch", "noncausal"]
     assert pretrain(*args, "--max-steps", STEPS_PER_EPOCH) == 0
     first = json.loads((out / "config.json").read_text())["pretraining"]
     assert first["steps"] == STEPS_PER_EPOCH and first["workers"] == 2 and first["resumed_from_step"] == 0
     assert first["valid_loss_after"] < first["valid_loss_before"]
     [checkpoint] = ray_checkpoints(storage)
     files = {p.name for p in checkpoint.iterdir()}
-    assert files == {"config.json", "model.safetensors", OPTIMIZER_FILE, STATE_FILE}  # no pickle
+    assert files == {"config.json", "model.safetensors", OPTIMIZER_FILE, RNG_FILE, STATE_FILE}  # no pickle
     state = json.loads((checkpoint / STATE_FILE).read_text())
     assert state["step"] == STEPS_PER_EPOCH and len(state["history"]) == 1
     backbone, _ = load_backbone(out)
@@ -93,6 +96,13 @@ def test_two_workers_stop_after_an_epoch_then_resume_to_the_end(data, ray_cluste
     resumed, config = load_backbone(out)
     assert fingerprint(resumed) == fingerprint(load_backbone(latest)[0]) != fingerprint(backbone)
     assert config["backbone"]["channels"] == 8
+
+    # The same three epochs in one go: bit for bit the same backbone and output layer.
+    whole = tmp_path / "whole"
+    assert pretrain(*[whole if a == out else a for a in args]) == 0
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(whole / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), \
+        max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 def test_resume_checks_the_storage_before_ray_starts(data, tmp_path, capsys):
@@ -191,3 +201,43 @@ def test_optimizer_state_is_safetensors_and_json(tmp_path):
     for index, entries in optimizer.state_dict()["state"].items():
         for key, value in entries.items():
             torch.testing.assert_close(fresh.state_dict()["state"][index][key], value)
+
+
+@pytest.mark.parametrize("sampled", [0, 5], ids=["cloze", "cloze-sampled-softmax"])
+def test_resume_with_the_rng_state_is_bit_exact(tmp_path, sampled):
+    """Cloze masks and sampled negatives come from the global RNG: a run resumed with the RNG state taken
+    where it stopped trains exactly as one that never stopped (issue 16: reseeding made them differ)."""
+    from peterrec import Backbone, BackboneConfig
+    from peterrec.objectives import make_objective
+    from peterrec.training import TrainConfig, make_optimizer, rng_state, train
+
+    def objective():
+        torch.manual_seed(0)
+        return make_objective(Backbone(BackboneConfig(vocab_size=30, channels=8, dilations=(1, 2), max_len=10,
+                                                      causal=False)), sampled)
+
+    items = np.random.default_rng(0).integers(1, 30, size=(40, 10))
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.01, seed=3)
+    cpu = torch.device("cpu")
+    whole = objective()
+    train(whole, (items,), config, cpu)
+
+    first = objective()
+    optimizer = make_optimizer(list(first.parameters()), config)
+    saved = {}
+
+    def stop(p):
+        saved.update(step=p.step, rng=rng_state(cpu), weights={k: v.clone() for k, v in first.state_dict().items()},
+                     optimizer=copy.deepcopy(optimizer.state_dict()))
+        return True
+
+    train(first, (items,), config, cpu, optimizer=optimizer, on_epoch_end=stop)
+    for rng in (saved["rng"], None):  # with the saved RNG state: exact; reseeded: not
+        second = objective()
+        second.load_state_dict(saved["weights"])
+        optimizer = make_optimizer(list(second.parameters()), config)
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.manual_seed(123)  # whatever happened in between
+        train(second, (items,), config, cpu, optimizer=optimizer, start_step=saved["step"], rng=rng)
+        same = all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), second.state_dict().values()))
+        assert same == (rng is not None)
