@@ -105,16 +105,18 @@ def _serve(args, settings, prepared) -> int:
     from orchestrator.serve.server import TOKEN_ENV
     from orchestrator.serve.status import watch
 
+    from orchestrator.cluster import ClusterUnreachable
+
     console = Console(highlight=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and service managers stop it as Ctrl-C does
+    try:
+        server = start_server(prepared, settings)
+    except (ConnectionError, ClusterUnreachable) as e:  # --address that cannot be joined
+        return fail(str(e))
     where = f"the Ray cluster at {settings.address}" if settings.address else "an embedded Ray cluster (loopback)"
     console.print(f"serving {len(prepared.tasks)} task(s) of {settings.bundle} on {where}: {settings.replicas} "
                   f"replica(s), {settings.cpus_per_replica:g} CPU + {settings.gpus_per_replica:g} GPU each, "
                   f"batches of up to {settings.max_batch_size} within {settings.batch_wait_ms:g} ms")
-    try:
-        server = start_server(prepared, settings)
-    except ConnectionError as e:  # --address that cannot be joined
-        return fail(str(e))
     try:
         auth = f' -H "Authorization: Bearer ${TOKEN_ENV}"' if settings.token else ""
         example = prepared.tasks[0]

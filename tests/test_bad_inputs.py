@@ -301,6 +301,22 @@ def test_reproduce_bad_inputs(check, case):
     check(case)
 
 
+def _serve(*extra, backbone="{bb}") -> list[str]:
+    return ["serve", "--backbone", backbone, "--bundle", "{job}", "--port", "{closed}", *extra]
+
+
+SERVE = [
+    Bad("file-as-backbone", _serve(backbone="{bb}/model.safetensors"), 2, ("is a file", "folder holding it")),
+    Bad("folder-as-items", _serve("--items", "{adir}"), 2, ("is a directory, expected a file",)),
+    Bad("address-closed-port", _serve("--address", "127.0.0.1:{closed}"), 2, ("nothing answers there",)),
+]
+
+
+@pytest.mark.parametrize("case", SERVE, ids=str)
+def test_serve_bad_inputs(check, case):
+    check(case)
+
+
 NODE = [
     Bad("not-loopback", ["node", "--address", "10.0.0.5:6379"], 2, ("loopback", "ray start --address")),
     Bad("closed-port", ["node", "--address", "127.0.0.1:{closed}"], 2, ("nothing answers there",)),

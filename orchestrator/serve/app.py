@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.cluster import Cluster, connect
+from orchestrator.cluster import Cluster, check_address, connect
 from orchestrator.serve.catalog import TaskCatalog
 from orchestrator.serve.server import BundleServer, ServerInputs
 from orchestrator.shared import SharedRefs, share
@@ -83,6 +83,8 @@ def prepare(settings: ServeSettings) -> Prepared:
     from peterrec.checkpoint import load_backbone
     from tasks import read_item_vocab, read_sequences
 
+    if settings.address:  # within seconds, before anything is read (ClusterUnreachable)
+        check_address(settings.address)
     backbone, _ = load_backbone(settings.backbone)
     bundle = open_bundle(settings.bundle)
     try:
