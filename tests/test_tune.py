@@ -238,3 +238,14 @@ def test_a_failed_trials_error_is_its_exception():
     inner = RuntimeError("boom\nmore")
     wrapped.cause = inner
     assert trial_error_text(wrapped) == "RuntimeError: boom"
+
+
+def test_workers_wait_for_a_reused_actors_thread(ray_cluster):
+    """Tune reuses a trial's actor once the previous trial's thread stops (at its next report): the workers
+    wait up to 60 s for it, not Tune's 2 s, which under load failed the next trial without a retry."""
+    import ray
+
+    from orchestrator.cluster import WORKER_ENV
+
+    seen = ray.get(ray.remote(lambda: os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S")).remote())
+    assert seen == WORKER_ENV["TUNE_FUNCTION_THREAD_TIMEOUT_S"] == "60"
