@@ -10,7 +10,10 @@ comment is the command). Trials are ranked by the task's own validation metric (
 test metric is recorded, never used. Sample 0 of each task is its baseline (the settings `finetune` would
 use), so the tuned spec is never worse than the defaults on validation. With --scheduler asha (default)
 each task has its own ASHA: poor trials stop at early evaluations, and trials of different tasks are never
-compared. The space is the defaults of --mode (lr, weight decay, batch size; patch bottleneck, insertion and
+compared; --scheduler pbt (or pb2) trains a population per task that copies its better members' checkpoints
+and perturbs their lr and weight decay. --search optuna suggests each task's trials with its own TPE study
+instead of drawing them at random. Trials checkpoint at every evaluation: --resume continues an interrupted
+trial where it stopped, and --export writes OUT/bundle from each task's best checkpoint. The space is the defaults of --mode (lr, weight decay, batch size; patch bottleneck, insertion and
 LayerNorm2 for patched modes; trained blocks for finelast) or a --space TOML file (docs/TUNE.md).
 The training flags bound every trial and become the flags of the tuned spec's command. Example:
 
@@ -51,8 +54,8 @@ def run(args) -> int:
             c = settings.cluster
             where = f"the Ray cluster at {c.address}" if c.address else "an embedded Ray cluster (loopback)"
             header = [f"{'resuming' if settings.resume else 'searching'} {len(plan.tasks)} tasks x "
-                      f"{settings.samples} samples in mode {settings.training.mode} with {settings.scheduler} on "
-                      f"{where}; {c.cpus:g} CPU + {c.gpus:g} GPU per trial"]
+                      f"{settings.samples} samples in mode {settings.training.mode} with {settings.search} search "
+                      f"and {settings.scheduler} on {where}; {c.cpus:g} CPU + {c.gpus:g} GPU per trial"]
 
             def announce() -> None:  # once the cluster is joined (or started)
                 if header:
@@ -78,5 +81,9 @@ def run(args) -> int:
         return 130
     console.print(f"trials: {outcome.paths['trials']}   best: {outcome.paths['best']}   "
                   f"tuned spec: {outcome.paths['spec']}")
+    if "bundle" in outcome.paths:
+        console.print(f"bundle of the best checkpoints: {outcome.paths['bundle']}")
+    elif settings.export:
+        console.print("[yellow]--export: no bundle written, a task has no trial that ran its whole budget[/yellow]")
     console.print(f"next: {command}", highlight=False, soft_wrap=True)
     return 0 if outcome.complete else 1

@@ -19,11 +19,20 @@ from peterrec.config import INSERTIONS, REPRESENTATIONS
 from peterrec.modes import MODE_NAMES, MODES
 
 UNITS = ("task", "trial")  # what one worker slot runs: a fine-tuning task, or a Tune trial
-SCHEDULERS = {  # how a search's trials are scheduled (orchestrator/tune/trial.py make_scheduler)
+SCHEDULERS = {  # how a search's trials are scheduled (orchestrator/tune/schedulers.py make_scheduler)
     "asha": "one ASHA per task stops poor trials early",
+    "pbt": "population-based training per task: at every quarter of the evaluations the worst quarter of a "
+           "task's trials copy a better trial's checkpoint and perturb its lr and weight decay",
+    "pb2": "as pbt, the new lr and weight decay chosen by a GP bandit (needs scikit-learn)",
     "fifo": "every trial runs its budget",
-    "pbt": "not supported yet (explains why)",
 }
+SEARCHES = {  # where a search's trial configs come from (orchestrator/tune/searcher.py)
+    "random": "drawn up front from the space, seeded per task (repeatable)",
+    "optuna": "Optuna's TPE, one study per task, each suggestion learning from the task's finished trials "
+              "(needs optuna; not with pbt/pb2, which take their own configs)",
+}
+POPULATION = ("pbt", "pb2")  # schedulers that set their trials' configs themselves
+NEEDS = {"optuna": ("optuna", "optuna"), "pb2": ("sklearn", "scikit-learn")}  # choice -> (module, pip package)
 
 
 class SettingError(ValueError):
@@ -247,16 +256,14 @@ class JobOptions:
             raise ValueError("; ".join(problems))
 
 
-PBT_UNSUPPORTED = ("--scheduler pbt needs trials that checkpoint and restore their weights and optimizer, and "
-                   "peterrec.finetune.finetune_task exposes neither yet; use --scheduler asha (or fifo)")
-
-
 @dataclass
 class SearchOptions:
     """How many trials, how they are scheduled, and where they run."""
 
     samples: int = 8  # trials per task, its baseline included
     scheduler: str = "asha"
+    search: str = "random"  # random: points drawn up front; optuna: TPE per task
+    export: bool = False  # write OUT/bundle from each task's best checkpoint once the search is complete
     evals: int = 8  # validation evaluations per trial (ASHA's rungs are counted in them)
     address: str | None = None  # join this cluster; None: start an embedded loopback one
     cpus_per_trial: float = 1.0
@@ -268,11 +275,7 @@ class SearchOptions:
     object_store_mb: int | None = None
 
     def __post_init__(self):
-        problems = []
-        if self.scheduler == "pbt":
-            problems.append(PBT_UNSUPPORTED)
-        elif self.scheduler not in SCHEDULERS:
-            problems.append(f"--scheduler must be one of {', '.join(SCHEDULERS)} (got {self.scheduler!r})")
+        problems = search_problems(self.scheduler, self.search)
         for flag, value in (("--samples", self.samples), ("--evals", self.evals)):
             if value < 1:
                 problems.append(f"{flag} must be >= 1 (got {value})")
@@ -281,6 +284,28 @@ class SearchOptions:
         problems += [message for _, message in cluster.problems("trial")]
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def search_problems(scheduler: str, search: str) -> list[str]:
+    """What is wrong with a scheduler and a searcher, alone or together (before Ray starts)."""
+    import importlib.util
+
+    problems = []
+    if scheduler not in SCHEDULERS:
+        problems.append(f"--scheduler must be one of {', '.join(SCHEDULERS)} (got {scheduler!r})")
+    if search not in SEARCHES:
+        problems.append(f"--search must be one of {', '.join(SEARCHES)} (got {search!r})")
+    if search != "random" and scheduler in POPULATION:
+        problems.append(f"--search {search} cannot go with --scheduler {scheduler}: {scheduler} sets its trials' "
+                        f"configs itself (it copies and perturbs them), so it takes the random search's "
+                        f"population; use --search random with {scheduler}, or --scheduler asha (or fifo) with "
+                        f"--search {search}")
+    for choice in (scheduler, search):
+        module, package = NEEDS.get(choice, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            problems.append(f"{choice} needs the {package} package, which is not installed: "
+                            f"pip install 'peterrec-orchestra[tune]' (or pip install {package})")
+    return problems
 
 
 def raise_problems(problems: list[tuple[str, str]]) -> None:
@@ -360,6 +385,11 @@ class SearchSettings:
                                 metavar="FILE", group=SEARCH)
     scheduler: str = setting("asha", "; ".join(f"{k}: {v}" for k, v in SCHEDULERS.items()), group=SEARCH,
                              choices=tuple(SCHEDULERS))
+    search: str = setting("random", "where trial configs come from: " + _choices_help(SEARCHES), group=SEARCH,
+                          choices=tuple(SEARCHES))
+    export: bool = setting(False, "once the search is complete, write OUT/bundle from each task's best trial's "
+                                  "checkpoint (its weights, not trained again); with --resume also on a finished "
+                                  "search", group=SEARCH)
     evals: int = setting(8, "validation evaluations per trial: ASHA's rungs (grace period: a quarter of them)",
                          group=SEARCH)
     only: list[str] | None = setting(None, "search only these tasks (repeat the flag or give a comma-separated list)",
@@ -374,13 +404,16 @@ class SearchSettings:
 
     def check(self) -> None:
         problems = [(name, f"--{name} is required") for name in ("backbone", "tasks", "out") if not getattr(self, name)]
+        problems += [("scheduler" if "scheduler" in m else "search", m) for m in
+                     search_problems(self.scheduler, self.search)]
         problems += self.cluster.problems(self.UNIT) + self.cluster.device_problems(self.training.device, self.UNIT)
         raise_problems(problems)
 
     def options(self) -> "SearchOptions":
         """How many trials, how they are scheduled and where they run."""
         c = self.cluster
-        return SearchOptions(samples=self.samples, scheduler=self.scheduler, evals=self.evals, address=c.address,
+        return SearchOptions(samples=self.samples, scheduler=self.scheduler, search=self.search, export=self.export,
+                             evals=self.evals, address=c.address,
                              cpus_per_trial=c.cpus, gpus_per_trial=c.gpus, max_concurrent=c.max_concurrent,
                              retries=c.retries, num_cpus=c.num_cpus, object_store_mb=c.object_store_mb)
 

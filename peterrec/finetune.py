@@ -18,7 +18,9 @@ from peterrec.efficiency import ParamReport, param_report
 from peterrec.modes import get_mode
 from peterrec.metrics import accuracy, parse_metric, rank_metrics_for, sample_negatives
 from peterrec.task_model import TaskModel, build_task_model
-from peterrec.training import Progress, TrainConfig, TrainResult, train
+from peterrec.task_state import load_task_state, save_task_state
+from peterrec.training import (Progress, TrainConfig, TrainResult, TrainState, make_optimizer, train,
+                               trainable_parameters)
 
 EVAL_BATCH = 512
 
@@ -183,14 +185,42 @@ def prepare_task(backbone: Backbone, task_spec, task_data, sequences, settings: 
     return PreparedTask(task_spec, settings, model, arrays, evaluators)
 
 
+@dataclass
+class TaskRun:
+    """A fine-tuning run in progress, for a caller that checkpoints it (a Tune trial): the task, its optimizer
+    and the loop's TrainState, all current whenever on_progress is called."""
+
+    task: PreparedTask
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+
+    def save(self, path, meta: dict | None = None):
+        """The run's state as directory `path` (peterrec.task_state), to continue it from there."""
+        return save_task_state(path, self.task.model, self.optimizer, self.state, meta)
+
+
 def finetune_task(backbone: Backbone, task_spec, task_data, sequences, settings: FinetuneSettings,
                   device: torch.device | None = None,
-                  on_progress: Callable[[Progress], bool | None] | None = None) -> FinetuneOutcome:
-    """Fine-tune one task over `backbone` (never modified) and evaluate it on valid and test."""
+                  on_progress: Callable[[Progress], bool | None] | None = None,
+                  resume_from=None, on_start: Callable[[TaskRun], None] | None = None) -> FinetuneOutcome:
+    """Fine-tune one task over `backbone` (never modified) and evaluate it on valid and test.
+
+    resume_from: a task-state directory (TaskRun.save) to continue from: on the same device and thread
+    count the run ends with the weights it would have had uninterrupted; its lr and weight decay give way
+    to `settings`' (the rest of the optimizer state is the checkpoint's). on_start gets the TaskRun before
+    the first step, for a caller that saves it from on_progress."""
     device = device or next(backbone.parameters()).device
     task = prepare_task(backbone, task_spec, task_data, sequences, settings)
-    result = train(task.model, task.arrays, task.settings.train, device, evaluate=task.validation(),
-                   on_progress=on_progress, loss_fn=task.model.loss)
+    config = task.settings.train
+    optimizer = make_optimizer(trainable_parameters(task.model), config)
+    state = TrainState()
+    if resume_from is not None:
+        hyper = {"lr": config.lr, "weight_decay": config.weight_decay}
+        state = load_task_state(resume_from, task.model, optimizer, hyper).state
+    if on_start is not None:
+        on_start(TaskRun(task, optimizer, state))
+    result = train(task.model, task.arrays, config, device, evaluate=task.validation(),
+                   on_progress=on_progress, loss_fn=task.model.loss, optimizer=optimizer, state=state)
     return task.finish(result)
 
 

@@ -70,6 +70,35 @@ class Progress:
 
 
 @dataclass
+class TrainState:
+    """A run's bookkeeping between steps, kept current by training_steps while it runs: what a checkpoint
+    saves beside the weights and the optimizer (peterrec.task_state), so that a run resumed from it
+    continues bit-exactly on the same device and thread count.
+
+    Given to `train(state=...)` with step > 0, the run resumes at that step: the shuffles of the steps done
+    are replayed (not trained), the best evaluation so far and its weights are kept, and the global torch
+    RNG (coldrec heads draw their training negatives from it) is set back to `rng`."""
+
+    step: int = 0
+    loss: float = float("nan")
+    best: float | None = None
+    best_state: list | None = None  # the trainable parameters at the best evaluation (keep_best)
+    history: list[dict] = field(default_factory=list)  # one row per evaluation
+    rng: torch.Tensor | None = None  # torch.get_rng_state() after `step` steps
+    cuda_rng: torch.Tensor | None = None  # torch.cuda.get_rng_state() of the run's device, on CUDA
+
+    def capture_rng(self, device: torch.device) -> None:
+        taken = rng_state(device)
+        self.rng, self.cuda_rng = taken["cpu"], taken.get("cuda")
+
+    def restore_rng(self, device: torch.device) -> None:
+        if self.rng is not None:
+            torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None and device.type == "cuda":  # a CPU run resumed on CUDA: its CPU stream only
+            torch.cuda.set_rng_state(self.cuda_rng, device)
+
+
+@dataclass
 class TrainResult:
     steps: int
     final_loss: float
@@ -102,7 +131,7 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
           loss_fn: Callable[..., torch.Tensor] | None = None,
           optimizer: torch.optim.Optimizer | None = None, start_step: int = 0,
           on_epoch_end: Callable[[Progress], bool | None] | None = None,
-          rng: dict[str, torch.Tensor] | None = None) -> TrainResult:
+          rng: dict[str, torch.Tensor] | None = None, state: TrainState | None = None) -> TrainResult:
     """Minimise loss_fn(*batch) (default: module(*batch)) over shuffled batches of `arrays`
     (aligned along axis 0), training the parameters of `module` that require grad.
 
@@ -112,6 +141,8 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
     where the checkpoint was) continues the global RNG (cloze masks, sampled negatives) where it stood; without
     it the global RNG is seeded with config.seed. `on_epoch_end` is called after each epoch (and when
     max_steps ends one early), e.g. to checkpoint; it may return True to stop.
+    `state` (TrainState) is kept current while the run goes, for a caller that checkpoints it; given with
+    step > 0 (loaded with peterrec.task_state) the run continues from it, RNG included.
     """
     loss_fn = loss_fn or module
     device = device or pick_device()
@@ -123,7 +154,10 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
     optimizer = optimizer or make_optimizer(params, config)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
-    run = training_steps(module, params, arrays, config, device, evaluate, on_progress, start_step, on_epoch_end)
+    if state is not None and state.step:
+        state.restore_rng(device)  # after the seeding above: where the checkpointed run left the RNG
+    run = training_steps(module, params, arrays, config, device, evaluate, on_progress, start_step, on_epoch_end,
+                         state=state)
     try:
         batch = next(run)
         while True:
@@ -173,12 +207,14 @@ def training_steps(module: nn.Module, params: list[nn.Parameter], arrays: tuple[
                    evaluate: Callable[[], float] | None = None,
                    on_progress: Callable[[Progress], bool | None] | None = None, start_step: int = 0,
                    on_epoch_end: Callable[[Progress], bool | None] | None = None,
-                   start: float | None = None) -> Generator[list[torch.Tensor], float, TrainResult]:
+                   start: float | None = None,
+                   state: TrainState | None = None) -> Generator[list[torch.Tensor], float, TrainResult]:
     """Everything of a training run but the optimisation step, driven step by step: yields each batch
     (tensors on `device`), takes the step's loss value back by `send`, and returns the TrainResult.
 
     Epochs of batches shuffled by a generator seeded with config.seed, max_steps, evaluation and
-    keep-best, progress reports and stop requests, resume by `start_step`. `train` drives one run;
+    keep-best, progress reports and stop requests, resume by `start_step` (or a TrainState: step, best
+    evaluation, history, all kept current in it while the run goes). `train` drives one run;
     peterrec.fused drives several at once, one fused optimisation step for all of them.
     """
     generator = torch.Generator().manual_seed(config.seed)
@@ -187,9 +223,12 @@ def training_steps(module: nn.Module, params: list[nn.Parameter], arrays: tuple[
     total = config.total_steps(n)
     per_epoch = math.ceil(n / config.batch_size)
 
-    step, loss_value, best, best_state, metric = start_step, float("nan"), None, None, None
-    skip = start_step  # batches a resumed run already trained: their shuffles are drawn, nothing else
-    history, stopped, seen, epoch = [], False, 0, 0
+    state = state if state is not None else TrainState(step=start_step)
+    step, loss_value = max(start_step, state.step), state.loss
+    best, best_state, history = state.best, state.best_state, state.history
+    metric = history[-1]["metric"] if history else None
+    skip = step  # batches a resumed run already trained: their shuffles are drawn, nothing else
+    stopped, seen, epoch = False, 0, 0
     start = time.perf_counter() if start is None else start
 
     def run_eval(epoch: int):
@@ -203,6 +242,7 @@ def training_steps(module: nn.Module, params: list[nn.Parameter], arrays: tuple[
             best = metric
             if config.keep_best:
                 best_state = [p.detach().clone() for p in params]
+            state.best, state.best_state = best, best_state
 
     def progress(epoch: int, done: bool = False) -> Progress:
         rate = seen / max(time.perf_counter() - start, 1e-9)
@@ -224,6 +264,7 @@ def training_steps(module: nn.Module, params: list[nn.Parameter], arrays: tuple[
             loss_value = yield [t[index].to(device, non_blocking=True) for t in tensors]
             step += 1
             seen += len(index)
+            state.step, state.loss = step, loss_value
             if evaluate is not None and config.eval_every and step % config.eval_every == 0:
                 run_eval(epoch)
             if (step % config.log_every == 0 or step == total) and report(epoch):

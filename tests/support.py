@@ -72,6 +72,36 @@ def assert_same_weights(job_a: Path, job_b: Path, names: list[str]) -> None:
             torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
+# Searches (tune): a trial's weights from its checkpoint -----------------------------------------------------
+
+
+def checkpoint_tensors(path: Path) -> dict:
+    """The trainable tensors of a trial checkpoint (peterrec.task_state's task.safetensors)."""
+    from safetensors.torch import load_file
+
+    from peterrec.task_state import TASK_FILE
+
+    return load_file(str(Path(path) / TASK_FILE))
+
+
+def rerun_trial(spec, backbone, task: str, overrides: dict, settings):
+    """What a trial trains, run in this process without Ray and without interruption: finetune_task of
+    `task` with the trial's overrides, on CPU with one thread (a trial of --cpus-per-trial 1)."""
+    from dataclasses import replace
+
+    from orchestrator.plan import load_inputs
+    from peterrec.finetune import finetune_task
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        job, sequences, task_data, model_backbone, _, _ = load_inputs(spec, backbone, settings, [task])
+        run_spec = replace(job.task(task), overrides={**job.task(task).overrides, **overrides})
+        return finetune_task(model_backbone, run_spec, task_data[task], sequences, settings, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def wait_for(condition, timeout: float = 60.0, poll: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

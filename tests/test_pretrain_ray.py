@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 import cli
 from orchestrator.pretrain.ray_train import RUN_NAME, SETTINGS_FILE, default_storage, prepare_storage, rank_rows
-from orchestrator.pretrain.state import OPTIMIZER_FILE, RNG_FILE, STATE_FILE, load_train_state, save_train_state
+from orchestrator.pretrain.state import RNG_FILE
+from peterrec.task_state import OPTIMIZER_FILE, STATE_FILE, load_train_state, save_train_state
 from peterrec.checkpoint import fingerprint, load_backbone
 
 # 190 training users, 95 per worker, 32 / 2 = 16 per worker and step: 6 steps per epoch.

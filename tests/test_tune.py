@@ -1,6 +1,8 @@
 """`tune` end to end on local Ray: 2 tasks x 4 samples with ASHA -> trials.parquet, best.json and a tuned
 spec that `finetune` runs as it is (reproducing the best trial); an interrupted search resumed with its
-finished trials kept; and bad inputs failing before Ray starts.
+finished trials kept, and a trial cut in the middle continuing from its checkpoint to the weights an
+uninterrupted run reaches; PBT exploiting within each task, with lineage, and --export's bundle of the best
+checkpoints; an Optuna (TPE) search; and bad inputs failing before Ray starts.
 
 Ray is started once for the module (2 CPUs, small object store); the commands reuse it.
 """
@@ -13,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import cli
-from support import make_world
+from support import checkpoint_tensors, make_world, rerun_trial
 
 STEPS = ["--max-steps", "20", "--epochs", "1", "--batch-size", "32", "--evals", "4"]
+LONGER = ["--max-steps", "40", "--epochs", "30", "--batch-size", "32", "--evals", "8"]  # for PBT and cuts
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +42,19 @@ def ray_cluster(world):
         os.environ.pop(FAULTS_ENV)
 
 
-def tune_args(world, out, *extra) -> list[str]:
+def tune_args(world, out, *extra, steps=STEPS) -> list[str]:
     spec, backbone = world
-    return ["tune", "--backbone", str(backbone), "--tasks", str(spec), "--out", str(out), *STEPS,
+    return ["tune", "--backbone", str(backbone), "--tasks", str(spec), "--out", str(out), *steps,
             "--ui", "plain", *map(str, extra)]
+
+
+def settings_of(steps) -> object:
+    """The FinetuneSettings a tune command with these training flags gives its trials."""
+    from orchestrator.settings import TrainingSettings
+
+    flags = dict(zip(steps[::2], steps[1::2]))
+    return TrainingSettings(epochs=int(flags["--epochs"]), max_steps=int(flags["--max-steps"]),
+                            batch_size=int(flags["--batch-size"])).finetune_settings()
 
 
 def user_error(argv) -> int:
@@ -175,11 +187,6 @@ def test_bad_space_file_fails_before_ray(world, tmp_path, capsys, no_ray, text, 
     assert f"error: {space}: " in error and message in error, error
 
 
-def test_pbt_says_why_it_is_not_available(world, tmp_path, capsys, no_ray):
-    assert user_error(tune_args(world, tmp_path / "out", "--scheduler", "pbt")) == 2
-    assert "--scheduler pbt needs trials that checkpoint" in capsys.readouterr().err
-
-
 def test_trials_file_holds_one_row_per_trial(tmp_path):
     """The writer refuses two rows for one (task, sample) (issue 16: a trial that had not reported yet on a
     reused actor was read with its actor's previous trial's config), and then writes nothing."""
@@ -249,3 +256,169 @@ def test_workers_wait_for_a_reused_actors_thread(ray_cluster):
 
     seen = ray.get(ray.remote(lambda: os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S")).remote())
     assert seen == WORKER_ENV["TUNE_FUNCTION_THREAD_TIMEOUT_S"] == "60"
+def test_optuna_with_a_population_scheduler_is_refused_before_ray(world, tmp_path, capsys, no_ray):
+    assert user_error(tune_args(world, tmp_path / "out", "--search", "optuna", "--scheduler", "pbt")) == 2
+    assert "--search optuna cannot go with --scheduler pbt" in capsys.readouterr().err
+
+
+def test_a_run_resumed_from_its_task_state_ends_with_the_same_weights(tmp_path):
+    """No Ray: finetune_task cut after step 17 (mid-epoch, between evaluations), then resumed from the task
+    state saved there, ends bit-identical to the run made in one go (same device and thread count): optimizer
+    moments, best-so-far weights and the global RNG (the coldrec head's training negatives) all come back."""
+    import torch
+
+    from orchestrator.plan import load_inputs
+    from peterrec.finetune import finetune_task
+
+    spec, backbone_path = make_world(tmp_path / "world", tasks=4, users=300)
+    for eval_every in (5, 0):  # every 5 steps, or at each epoch's end
+        settings = settings_of(["--epochs", "6", "--max-steps", "40", "--batch-size", "32"])
+        settings.train.eval_every, settings.train.lr, settings.train.log_every = eval_every, 3e-3, 1
+        job, sequences, task_data, backbone, tasks, _ = load_inputs(spec, backbone_path, settings)
+        for task in (t for t in tasks if t.name.startswith(("t000", "t003"))):  # a classify and a coldrec task
+            args = (backbone, task, task_data[task.name], sequences, settings, torch.device("cpu"))
+            whole = finetune_task(*args)
+            runs, state = {}, tmp_path / f"state-{eval_every}-{task.name}"
+
+            def cut(p):
+                if p.step == 17 and not p.done:
+                    runs["run"].save(state)
+                    return True
+
+            assert finetune_task(*args, on_progress=cut, on_start=lambda run: runs.update(run=run)).result.stopped
+            resumed = finetune_task(*args, resume_from=state)
+            a, b = whole.model.task_state_dict(), resumed.model.task_state_dict()
+            assert all(torch.equal(a[k], b[k]) for k in a), (eval_every, task.name)
+            assert resumed.result.history == whole.result.history and resumed.valid == whole.valid
+
+
+def test_a_trial_cut_mid_run_continues_from_its_checkpoint(world, ray_cluster, tmp_path, monkeypatch):
+    """Ctrl-C while trials are in the middle of their runs, then --resume: each cut trial starts again from its
+    last checkpoint (not from step 0) and ends with the very weights of an uninterrupted run of that trial."""
+    import torch
+
+    from orchestrator.tune.monitor import SearchMonitor
+    from tasks import load_spec
+
+    task = load_spec(world[0]).tasks[0].name
+    out = tmp_path / "search"
+    argv = tune_args(world, out, "--samples", 3, "--only", task, "--scheduler", "fifo", steps=LONGER)
+    step, cut = SearchMonitor.step, {}
+
+    def interrupt_mid_run(self, trials):  # Ctrl-C once a running trial has a checkpoint from its first half
+        step(self, trials)
+        saved = {t.trial_id: t.latest_checkpoint_result.metrics for t in trials
+                 if t.status == "RUNNING" and t.latest_checkpoint_result is not None}
+        if not cut and any(0 < m["step"] <= m["total_steps"] // 2 for m in saved.values()):
+            cut.update({i: m["step"] for i, m in saved.items()})
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(SearchMonitor, "step", interrupt_mid_run)
+    assert cli.main(argv) == 130
+    monkeypatch.setattr(SearchMonitor, "step", step)
+    assert cli.main([*argv, "--resume"]) == 0
+    rows = {r["trial_id"]: r for r in trials(out)}
+    assert cut and set(cut) <= set(rows)
+    settings = settings_of(LONGER)
+    for trial_id, cut_at in cut.items():
+        row = rows[trial_id]
+        runs = [json.loads(line) for line in (out / row["checkpoint"]).parent.joinpath("result.json").open()]
+        starts = sorted({r["run_start"] for r in runs})
+        assert starts[0] == 0 and cut_at <= starts[-1] < row["steps"], starts  # the second run: from a checkpoint
+        assert row["steps_trained"] >= row["steps"]  # what both runs trained, steps redone after the cut included
+        overrides = {**json.loads(row["config"]), **({"eval_every": row["eval_every"]} if row["sample"] else {})}
+        whole = rerun_trial(*world, task, overrides, settings)
+        trained = checkpoint_tensors(out / row["checkpoint"])
+        params = dict(whole.model.named_parameters())
+        assert trained.keys() == {n for n, p in params.items() if p.requires_grad}
+        assert all(torch.equal(trained[n], params[n].detach()) for n in trained), trial_id  # bit-identical
+        assert row["score"] == pytest.approx(whole.result.best_metric, abs=0)
+
+
+def test_pbt_exploits_within_each_task_and_exports_the_best_checkpoints(world, ray_cluster, tmp_path):
+    """--scheduler pbt: trials of a task copy better ones of the same task (never another task's), keep their
+    (task, sample), explore lr and weight decay inside the space, never at their last evaluation; trials.parquet
+    records the lineage and the steps trained. --export bundles each task's best checkpoint: the bundle verifies
+    and predicts exactly as that checkpoint does."""
+    from dataclasses import replace
+
+    import torch
+
+    from orchestrator.plan import load_inputs
+    from peterrec.bundle import open_bundle
+    from peterrec.finetune import prepare_task, task_arrays
+    from peterrec.task_state import load_task_state
+
+    out = tmp_path / "pbt"
+    assert cli.main(tune_args(world, out, "--samples", 5, "--scheduler", "pbt", "--export", steps=LONGER)) == 0
+    rows = trials(out)
+    by_id = {r["trial_id"]: r for r in rows}
+    assert len(rows) == 10 and len({(r["task"], r["sample"]) for r in rows}) == 10
+    assert all(r["status"] == "done" and r["checkpoint"] for r in rows)  # PBT runs every trial to its end
+    exploited = [r for r in rows if json.loads(r["lineage"])]
+    assert exploited, "no exploit"
+    for r in rows:
+        config = json.loads(r["config"])
+        assert 1e-4 <= config["lr"] <= 1e-2 and config["weight_decay"] in (0.0, 1e-4, 1e-3, 1e-2)
+        assert r["steps_trained"] >= r["steps"] - max((e["step"] for e in json.loads(r["lineage"])), default=0)
+    for r in exploited:
+        events = json.loads(r["lineage"])
+        assert events[-1]["trial"] == r["trial_id"] and r["parent_trial_id"] == events[-1]["parent"]
+        assert r["sample"] != 0
+        for event in events:
+            parent = by_id[event["parent"]]
+            assert parent["task"] == r["task"] and by_id[event["trial"]]["task"] == r["task"]  # within its task
+            assert 0 < event["step"] < parent["steps"]  # never the last evaluation
+            assert set(event["perturbed"]) <= {"lr", "weight_decay"}
+
+    spec, backbone_path = world
+    assert cli.main(["bundle", "verify", str(out / "bundle"), "--backbone", str(backbone_path)]) == 0
+    best = json.loads((out / "best.json").read_text())
+    settings = settings_of(LONGER)
+    job, sequences, task_data, backbone, _, _ = load_inputs(spec, backbone_path, settings)
+    bundle = open_bundle(out / "bundle")
+    for name, b in best.items():
+        task = prepare_task(backbone, replace(job.task(name), overrides=b["overrides"]), task_data[name],
+                            sequences, settings)
+        load_task_state(out / by_id[b["trial_id"]]["checkpoint"], task.model)
+        exported = bundle.load_task(name, backbone)
+        items, _ = task_arrays(task_data[name], sequences, "valid", backbone.config.max_len)
+        with torch.no_grad():
+            assert torch.equal(exported.eval().scores(torch.as_tensor(items)),
+                               task.model.eval().scores(torch.as_tensor(items)))
+        assert bundle.config(name)["metrics"]["valid"][b["metric"]] == pytest.approx(b["score"], abs=1e-6)
+
+    # A checkpoint whose weights do not score what the trial reported is refused (no Ray: the search is done).
+    from orchestrator.settings import SearchSettings, TrainingSettings
+    from orchestrator.tune import plan_for
+    from orchestrator.tune.export import export_best
+
+    name = next(iter(best))
+    (out / "best.json").write_text(json.dumps({**best, name: {**best[name], "score": best[name]["score"] - 0.01}}))
+    plan = plan_for(SearchSettings(backbone=str(backbone_path), tasks=str(spec), out=str(out), samples=5,
+                                   scheduler="pbt", evals=8, resume=True,
+                                   training=TrainingSettings(max_steps=40, epochs=30, batch_size=32)))
+    try:
+        with pytest.raises(ValueError, match="not the weights the trial was ranked by"):
+            export_best(plan)
+    finally:
+        plan.release()
+
+
+def test_optuna_search_suggests_each_tasks_trials(world, ray_cluster, tmp_path):
+    """--search optuna: one TPE study per task (2 random start-up trials, then suggestions), the baseline as
+    sample 0, ASHA stopping trials as with the random search."""
+    out = tmp_path / "optuna"
+    assert cli.main(tune_args(world, out, "--samples", 4, "--search", "optuna")) == 0
+    rows = trials(out)
+    assert len(rows) == 8 and json.loads((out / "search.json").read_text())["search"] == "optuna"
+    for task in {r["task"] for r in rows}:
+        mine = sorted((r for r in rows if r["task"] == task), key=lambda r: r["sample"])
+        assert [r["sample"] for r in mine] == [0, 1, 2, 3] and {r["status"] for r in mine} <= {"done", "stopped"}
+        assert mine[0]["status"] == "done" and mine[0]["eval_every"] == 0  # the baseline, as with random search
+        for r in mine[1:]:
+            config = json.loads(r["config"])
+            assert 1e-4 <= config["lr"] <= 1e-2 and config["batch_size"] in (32, 64, 128)
+        assert len({r["config"] for r in mine[1:]}) == 3
+    best = json.loads((out / "best.json").read_text())
+    assert set(best) == {r["task"] for r in rows} and all(b["score"] is not None for b in best.values())

@@ -5,7 +5,7 @@ the object store once (numpy CSR arrays); each worker pads its own shard of the 
 seeded DistributedSampler-style split) and runs the project's one training loop (peterrec.training)
 on the DDP-wrapped objective, with the global --batch-size split across the workers. At the end of
 each epoch rank 0 measures the validation loss and reports a Ray Train checkpoint: the backbone
-checkpoint format (safetensors + JSON) plus the optimizer and step (orchestrator.pretrain.state).
+checkpoint format (safetensors + JSON) plus the optimizer and step (orchestrator.pretrain.state, peterrec.task_state).
 
 Storage: STORAGE/pretrain (Ray Train's run directory) and STORAGE/peterrec-pretrain.json (the
 settings the run started with). Running again with the same storage resumes: Ray Train V2 (ray 2.60)
@@ -269,13 +269,13 @@ def train_worker(config: dict) -> dict | None:
     import ray.train.torch
     import torch
 
-    from orchestrator.pretrain.state import load_rng, load_train_state, load_weights, save_rng, save_train_state
+    from orchestrator.pretrain.state import load_rng, load_weights, save_pretrain_state, save_rng
     from orchestrator.shared import SequenceArrays
     from peterrec.backbone import Backbone
-    from peterrec.checkpoint import save_checkpoint
     from peterrec.config import BackboneConfig
     from peterrec.objectives import make_objective
     from peterrec.pretrain import mean_loss, pretrain_arrays
+    from peterrec.task_state import load_train_state
     from peterrec.training import TrainConfig, rng_state, train
 
     context = ray.train.get_context()
@@ -330,9 +330,8 @@ def train_worker(config: dict) -> dict | None:
         on_progress(p)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "checkpoint"
-            save_checkpoint(path, objective.backbone, objective.output,
-                            {"pretraining": {"step": p.step, "epoch": p.epoch, "workers": world}})
-            save_train_state(path, optimizer, state)
+            save_pretrain_state(path, objective, optimizer, state,
+                                {"pretraining": {"step": p.step, "epoch": p.epoch, "workers": world}})
             save_rng(path, rngs)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path))
 

@@ -26,7 +26,8 @@ def activate(monitor: "SearchMonitor | None") -> None:
 
 
 class Forward(tune.Callback):
-    """Tune callback: hands the trial list to this process's monitor after every step of Tune's loop."""
+    """Tune callback: hands the trial list to this process's monitor after every step of Tune's loop, and
+    every result to its ledger of steps trained."""
 
     def on_step_end(self, iteration, trials, **info):
         if _active[0] is not None:
@@ -38,6 +39,18 @@ class Forward(tune.Callback):
         if _active[0] is not None:
             for trial in trials:
                 _active[0].identify(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        # Every result, the one a PBT exploit replaces included (Tune's own result log drops that one).
+        if _active[0] is not None and "run_id" in result:
+            _active[0].count(trial.trial_id, result["run_id"], result["run_start"], result["step"])
+
+    def get_state(self):  # kept in Tune's experiment state: --resume brings the ledger back
+        return {"ledger": _active[0].ledger} if _active[0] is not None else None
+
+    def set_state(self, state):
+        if _active[0] is not None and state:
+            _active[0].ledger.update(state.get("ledger", {}))
 
 
 @dataclass
@@ -83,6 +96,8 @@ class SearchMonitor:
         # that actor's previous trial there (Trial.set_ray_actor asks the actor before its reset; issue 16).
         self.identity: dict[str, tuple[tuple, str]] = {}
         self.running: dict[str, st.TaskState] = {}
+        self.ledger: dict[str, dict] = {}  # trial_id -> run_id -> [start step, last step reported]
+        self.task_of: dict[str, str] = {}  # trial_id -> task
         self._version, self._pulled = 0, 0.0
 
     def step(self, trials) -> None:
@@ -91,6 +106,7 @@ class SearchMonitor:
             if view is None:
                 continue
             key = (view.task, view.sample)
+            self.task_of[trial.trial_id] = view.task
             result = trial.last_result or {}
             if result.get("trial_id") != trial.trial_id:  # a reused actor's stand-in for its previous trial
                 result = {}
@@ -129,6 +145,24 @@ class SearchMonitor:
         self.running = {n: t for n, t in self.running.items() if t.status in (st.RUNNING, st.RETRYING)}
         if self.on_update:
             self.on_update(self)
+
+    def count(self, trial_id: str, run_id: str, start: int, step: int) -> None:
+        runs = self.ledger.setdefault(trial_id, {})
+        run = runs.setdefault(run_id, [start, start])
+        run[1] = max(run[1], step)
+
+    def steps_trained(self, trial_id: str) -> int | None:
+        """Steps the trial computed over all its runs (resumed, retried, paused, exploited: each from where it
+        started to its last report; steps after the last report of a run that was cut are not seen)."""
+        runs = self.ledger.get(trial_id)
+        return sum(last - start for start, last in runs.values()) if runs else None
+
+    def steps_per_task(self) -> dict[str, int]:
+        """Steps trained so far by each task's trials (the budget a search has spent on it)."""
+        spent = dict.fromkeys(self.tasks, 0)
+        for trial_id, task in self.task_of.items():
+            spent[task] += self.steps_trained(trial_id) or 0
+        return spent
 
     def counts(self) -> dict[str, int]:
         statuses = list(self.statuses.values())

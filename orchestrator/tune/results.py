@@ -37,6 +37,14 @@ SCHEMA = pa.schema([
     pa.field("attempts", pa.int32()),  # of the attempt that reported last (retries: FailureConfig)
     pa.field("backbone_zero_copy", pa.bool_()),  # the trial's backbone was the object store's memory
     pa.field("error", pa.string()),
+    # Where the trial's weights come from under PBT: a JSON list of exploits, oldest first, each
+    # {trial, parent, step, perturbed: {key: [parent's value, new value]}}; parent_trial_id is the last donor.
+    pa.field("lineage", pa.string()),
+    pa.field("parent_trial_id", pa.string()),
+    # Training steps the trial computed over all its runs (resumed, retried, paused, or started from a donor's
+    # step): what a search's budget is counted in. `steps` is the step its weights reached.
+    pa.field("steps_trained", pa.int64()),
+    pa.field("checkpoint", pa.string()),  # its latest checkpoint, relative to OUT (done: the finished weights)
 ])
 
 
@@ -50,9 +58,11 @@ def _number(value) -> float | None:
 
 
 def trial_row(task_metric: str, config: dict, trial_id: str, status: str, metrics: dict,
-              error: str | None = None) -> dict:
+              error: str | None = None, steps_trained: int | None = None, checkpoint: str | None = None) -> dict:
     """One row of trials.parquet from a trial's config and its last reported metrics."""
-    searched = {k: v for k, v in config.items() if k not in ("task", "sample")}
+    searched = {k: v for k, v in config.items() if k not in META_KEYS}
+    lineage = metrics.get("lineage") or "[]"
+    events = json.loads(lineage)
     return {"task": config["task"], "sample": int(config["sample"]), "trial_id": trial_id, "status": status,
             "metric": task_metric, "score": _number(metrics.get("best_valid")),
             "test_value": _number(metrics.get("test_value")) if status == DONE else None,
@@ -60,7 +70,9 @@ def trial_row(task_metric: str, config: dict, trial_id: str, status: str, metric
             "evaluations": metrics.get("evaluations", metrics.get("training_iteration", 0)),
             "attempts": metrics.get("attempt"),
             "eval_every": metrics.get("eval_every"), "seconds": _number(metrics.get("time_total_s")),
-            "backbone_zero_copy": metrics.get("backbone_zero_copy"), "error": error}
+            "backbone_zero_copy": metrics.get("backbone_zero_copy"), "error": error,
+            "lineage": lineage, "parent_trial_id": events[-1]["parent"] if events else None,
+            "steps_trained": steps_trained, "checkpoint": checkpoint}
 
 
 def write_trials(out_dir: Path, rows: list[dict]) -> Path:
@@ -97,6 +109,11 @@ class Trial:
     metric: str | None = None
     test_value: float | None = None
     error: str | None = None
+    steps: int | None = None  # the step its weights reached
+    steps_trained: int | None = None  # steps computed over all its runs
+    eval_every: int | None = None
+    checkpoint: str | None = None  # its latest checkpoint, relative to the search directory
+    lineage: tuple = ()  # PBT exploits, oldest first (dicts: trial, parent, step, perturbed)
 
     @property
     def baseline(self) -> bool:
@@ -118,7 +135,8 @@ def read_trials(out_dir: Path) -> list[Trial]:
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {list(REQUIRED)}")
-    optional = [c for c in ("sample", "metric", "test_value", "error") if c in table.column_names]
+    optional = [c for c in ("sample", "metric", "test_value", "error", "steps", "steps_trained", "eval_every",
+                            "checkpoint", "lineage") if c in table.column_names]
     trials = []
     for i, row in enumerate(table.select([*REQUIRED, *optional]).to_pylist()):
         try:
@@ -126,10 +144,15 @@ def read_trials(out_dir: Path) -> list[Trial]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: row {i}, column 'config': not a JSON object ({e})") from None
         status = str(row["status"] or "").lower()
+        try:
+            lineage = tuple(json.loads(row.get("lineage") or "[]"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: row {i}, column 'lineage': not a JSON list ({e})") from None
         trials.append(Trial(str(row["task"]), str(row["trial_id"]),
                             config if isinstance(config, dict) else {"config": config}, _number(row["score"]),
                             status, row.get("sample"), row.get("metric"),
-                            _number(row.get("test_value")), row.get("error")))
+                            _number(row.get("test_value")), row.get("error"), row.get("steps"),
+                            row.get("steps_trained"), row.get("eval_every"), row.get("checkpoint"), lineage))
     return trials
 
 
@@ -210,6 +233,20 @@ def write_best(out_dir: Path, best: dict) -> Path:
     path = Path(out_dir) / BEST_FILE
     write_text_atomic(path, json.dumps(best, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def read_best(out_dir: Path) -> dict:
+    """best.json of a finished search (FileNotFoundError / ValueError naming the file)."""
+    path = Path(out_dir) / BEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (written once every trial of a search has ended)")
+    try:
+        best = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(best, dict):
+        raise ValueError(f"{path}: expected an object of tasks")
+    return best
 
 
 def write_tuned_spec(out_dir: Path, job, best: dict, command: str) -> Path:

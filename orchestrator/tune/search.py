@@ -3,10 +3,11 @@
 One Tuner runs the whole search: every trial's config is drawn up front (space.trial_points, seeded;
 sample 0 of each task is its baseline) and fed to Tune's BasicVariantGenerator in order, which
 interleaves the tasks, so all of them progress together and one pool of reused worker processes serves
-every trial. PerTaskScheduler keeps one ASHA per task: trials of different tasks (and metrics) are never
-compared. The backbone is put once (orchestrator.shared) and reaches every trial by reference through
-tune.with_parameters. OUT/ray/search is Tune's experiment; `resume` restores it with Tuner.restore.
-Design notes and measured figures: docs/TUNE.md.
+every trial; with --search optuna a PerTaskSearcher (searcher.py) suggests them instead, one TPE study per
+task. PerTaskScheduler (schedulers.py) keeps one ASHA, PBT or PB2 per task: trials of different tasks (and
+metrics) are never compared. The backbone is put once (orchestrator.shared) and reaches every trial by
+reference through tune.with_parameters. Trials checkpoint at every evaluation (trial.py). OUT/ray/search is
+Tune's experiment; `resume` restores it with Tuner.restore. Design notes and measured figures: docs/TUNE.md.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from orchestrator.tune.results import BEST_FILE, DONE, FAILED, SPEC_FILE, STOPPE
 
 EXPERIMENT = "search"  # Tune's experiment: OUT/ray/search
 SEARCH_FILE = "search.json"  # what the search is; --resume checks it is asked the same search
+KEEP_CHECKPOINTS = 4  # per trial; Tune always keeps the latest, PBT's donors need theirs a little longer
 
 
 @dataclass
@@ -79,7 +81,8 @@ def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOpti
     points = trial_points(space, tasks, task_settings, options.samples, settings.train.seed)
     identity = {"spec": str(job.path), "backbone": backbone_fingerprint(backbone), "tasks": [t.name for t in tasks],
                 "settings": settings.to_dict(), "space": {k: d.to_dict() for k, d in space.items()},
-                "samples": options.samples, "scheduler": options.scheduler, "evals": options.evals}
+                "samples": options.samples, "scheduler": options.scheduler, "search": options.search,
+                "evals": options.evals}
     saved = out_dir / SEARCH_FILE
     if resume and saved.exists():
         check_same_search(saved, identity)
@@ -88,6 +91,7 @@ def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOpti
     lock = take_job_dir(out_dir)
     if force:  # what a search writes, and nothing else (OUT may hold the tuned job, or be a user's folder)
         shutil.rmtree(out_dir / "ray", ignore_errors=True)
+        shutil.rmtree(out_dir / "bundle", ignore_errors=True)  # --export's
         for name in (SEARCH_FILE, TRIALS_FILE, BEST_FILE, SPEC_FILE):
             (out_dir / name).unlink(missing_ok=True)
     write_json_atomic(saved, identity)
@@ -140,26 +144,31 @@ class TuneSearch:
 
         plan, options = self.plan, self.options
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing itself
-        cluster = connect(options.address, options.num_cpus, options.num_gpus, options.object_store_mb)
         try:
-            check_fits(options, cluster.resources())
-            outcome = self._search(on_update)
+            cluster = connect(options.address, options.num_cpus, options.num_gpus, options.object_store_mb)
+            try:
+                check_fits(options, cluster.resources())
+                outcome = self._search(on_update)
+            finally:
+                cluster.shutdown()
+            if options.export and outcome.complete:
+                from orchestrator.tune.export import export_best
+
+                outcome.paths["bundle"] = export_best(plan, threads=int(options.cpus_per_trial))
         finally:
-            cluster.shutdown()
             plan.release()
         return outcome
 
     def _search(self, on_update) -> SearchOutcome:
         import ray
         from ray import tune
-        from ray.tune.search.basic_variant import BasicVariantGenerator
 
         from orchestrator.hub import ActorHub, start_hub
         from orchestrator.shared import share
         from orchestrator.state import TaskState
-        from orchestrator.tune.monitor import Forward, SearchMonitor, activate
+        from orchestrator.tune.monitor import SearchMonitor, activate
         from orchestrator.tune.results import trial_name
-        from orchestrator.tune.trial import TrialInputs, make_scheduler, run_trial
+        from orchestrator.tune.trial import TrialInputs, run_trial
 
         plan, options = self.plan, self.options
         refs = share(plan.backbone, plan.sequences)  # one put of each for the whole search
@@ -175,24 +184,50 @@ class TuneSearch:
             if plan.resume and tune.Tuner.can_restore(str(plan.experiment)):
                 tuner = tune.Tuner.restore(str(plan.experiment), trainable=trainable, resume_errored=True)
             else:
-                names = [t.name for t in plan.tasks]
-                space = {"task": tune.choice(names), "sample": tune.randint(0, options.samples),
-                         **{k: d.to_tune() for k, d in plan.space.items()}}
-                tuner = tune.Tuner(
-                    trainable, param_space=space,
-                    tune_config=tune.TuneConfig(
-                        num_samples=len(plan.points), reuse_actors=True,
-                        search_alg=BasicVariantGenerator(points_to_evaluate=plan.points,
-                                                         max_concurrent=options.max_concurrent),
-                        scheduler=make_scheduler(options.scheduler, names, options.evals)),
-                    run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(plan.experiment.parent), verbose=0,
-                                              failure_config=tune.FailureConfig(max_failures=options.retries),
-                                              callbacks=[Forward()]))
+                tuner = self._tuner(trainable)
             grid = tuner.fit()
             monitor.refresh(force=True)
         finally:
             activate(None)
         return self._write(grid, monitor)
+
+    def _tuner(self, trainable):
+        import random
+
+        from ray import tune
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        from orchestrator.tune.monitor import Forward
+        from orchestrator.tune.schedulers import make_scheduler
+
+        plan, options = self.plan, self.options
+        names = [t.name for t in plan.tasks]
+        if options.search == "optuna":
+            from orchestrator.tune.searcher import PerTaskSearcher
+
+            baselines = {p["task"]: {k: v for k, v in p.items() if k not in ("task", "sample")}
+                         for p in plan.points if p["sample"] == 0}
+            search_alg = PerTaskSearcher(names, baselines, plan.space, options.samples, plan.settings.train.seed)
+            if options.max_concurrent:
+                search_alg = ConcurrencyLimiter(search_alg, options.max_concurrent)
+            space = {}  # a suggestion is the whole config (Domains here would be merged in unresolved)
+        else:
+            search_alg = BasicVariantGenerator(points_to_evaluate=plan.points, max_concurrent=options.max_concurrent)
+            space = {"task": tune.choice(names), "sample": tune.randint(0, options.samples),
+                     **{k: d.to_tune() for k, d in plan.space.items()}}
+        if options.scheduler in ("pbt", "pb2"):
+            random.seed(f"pbt:{plan.settings.train.seed}")  # PBT draws donors and perturbations from `random`
+        return tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(
+                num_samples=len(plan.points), reuse_actors=True, search_alg=search_alg,
+                scheduler=make_scheduler(options.scheduler, names, options.evals, plan.space),
+                trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(plan.experiment.parent), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=options.retries),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                                      callbacks=[Forward()]))
 
     def _write(self, grid, monitor) -> SearchOutcome:
         """trials.parquet always; best.json and the tuned spec once every trial has ended. Each Result is
@@ -206,12 +241,18 @@ class TuneSearch:
                 continue
             (task, sample), trial_id = monitor.identity[result.path]
             metrics = result.metrics or {}
-            if metrics.get("trial_id") != trial_id:  # a stand-in describing the reused actor's previous trial
-                metrics = {}
-            config = {"task": task, "sample": sample, **monitor.tasks[task].trials[sample].config}
+            if metrics.get("trial_id") != trial_id or "step" not in metrics:
+                metrics = {}  # Tune's placeholder, or a stand-in describing the reused actor's previous trial
+            current = result.config or {}
+            if metrics and (current.get("task"), current.get("sample")) == (task, sample):
+                config = current  # its own latest (PBT changes a trial's config as it goes)
+            else:
+                config = {"task": task, "sample": sample, **monitor.tasks[task].trials[sample].config}
             status = trial_status(monitor.statuses.get((task, sample)), metrics, result.error)
+            checkpoint = os.path.relpath(result.checkpoint.path, plan.out_dir) if result.checkpoint else None
             rows.append(trial_row(plan.job.task(task).metric, config, trial_id, status, metrics,
-                                  trial_error_text(result.error) if result.error else None))
+                                  trial_error_text(result.error) if result.error else None,
+                                  monitor.steps_trained(trial_id), checkpoint))
         interrupted = len(rows) < len(plan.points) or any(r["status"] == UNFINISHED for r in rows)
         paths = {"trials": write_trials(plan.out_dir, rows)}
         best = best_per_task(rows, plan.tasks)
@@ -219,6 +260,12 @@ class TuneSearch:
             paths["best"] = write_best(plan.out_dir, best)
             paths["spec"] = write_tuned_spec(plan.out_dir, plan.job, best, self.command)
         return SearchOutcome(rows, best, len(plan.points), interrupted, paths)
+
+
+def trial_dirname(trial) -> str:
+    """A trial's directory in the experiment: TASK-SAMPLE-TRIALID (Tune's default names a searcher's trials
+    by every config value, too long for a path)."""
+    return f"{trial.config['task']}-{trial.config['sample']}-{trial.trial_id}"
 
 
 def trial_status(tune_status: str | None, metrics: dict, error) -> str:
