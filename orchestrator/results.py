@@ -99,6 +99,15 @@ class JobOutputs:
     def failed(self, task_spec, mode: str, error: str, seconds: float, attempts: int) -> dict:
         return self._put(failed_row(task_spec, mode, error, seconds, attempts))
 
+    def requeued(self, names: list[str]) -> None:
+        """Tasks queued to run again (retried): their failed rows go, so the file never says `failed` of a
+        task the job will run again (its bundle entry, if any, is replaced when it is done)."""
+        if any(self.rows.get(n, {}).get("status") == "failed" for n in names):
+            for name in names:
+                if self.rows.get(name, {}).get("status") == "failed":
+                    del self.rows[name]
+            write_results(self.job_dir, list(self.rows.values()))
+
     def _put(self, row: dict) -> dict:
         self.rows[row["task"]] = row
         write_results(self.job_dir, list(self.rows.values()))
