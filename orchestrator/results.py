@@ -41,7 +41,8 @@ def read_results(job_dir: Path) -> list[dict]:
     path = results_path(job_dir)
     if not path.exists():
         return []
-    table = pq.read_table(path)
+    with open(path, "rb") as handle:  # one handle: a path is opened twice (footer, then pages), and the
+        table = pq.read_table(handle)  # driver may rename a new file in between
     return [{f.name: row.get(f.name) for f in SCHEMA} for row in table.to_pylist()]
 
 

@@ -250,3 +250,35 @@ def test_a_running_search_rewrites_its_trials_as_they_stand(tmp_path, monkeypatc
     wait_for(search.changed, timeout=5)
     assert {t.trial_id: t.status for t in search.trials()} == {"t_0": "done", "t_1": "pending", "t_2": "done"}
     assert search.updated_at() <= time.time()
+
+
+def test_readers_never_see_a_file_being_replaced(tmp_path):
+    """results.parquet and trials.parquet are replaced (rename) while UIs read them: a reader keeps one handle
+    (pyarrow opens a path twice, footer then pages, and could mix two files)."""
+    from orchestrator.results import read_results, write_results
+    from orchestrator.tune.results import read_trials, trial_row, write_trials
+
+    rows = [{"task": f"t{i:03d}", "kind": "classify", "mode": "peterrec", "status": "done", "metric": "accuracy",
+             "value": 0.5, "seconds": 1.0, "attempts": 1} for i in range(100)]
+    trials = [trial_row("accuracy", {"task": f"t{i:03d}", "sample": i, "lr": 0.01}, f"a_{i}", "running",
+                        {"best_valid": 0.5}) for i in range(100)]
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            write_results(tmp_path, rows[:50 + i % 50])
+            write_trials(tmp_path, trials[:50 + i % 50])
+            i += 1
+
+    write_results(tmp_path, rows)
+    write_trials(tmp_path, trials)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(200):
+            assert 50 <= len(read_results(tmp_path)) <= 100
+            assert 50 <= len(read_trials(tmp_path)) <= 100
+    finally:
+        stop.set()
+        thread.join()

@@ -155,8 +155,15 @@ class PeterRecApp(App):
 
     @work(thread=True, group="budget", exit_on_error=False)
     def compute_budget(self) -> None:
-        """The job's parameter budget (every task, planned); spec and checkpoint reads, torch import."""
-        self._ui(self._set_budget, self.client.budget())
+        """The job's parameter budget (every task, planned); spec and checkpoint reads, torch import.
+        A read that fails (a file being replaced) is tried again a little later."""
+        try:
+            budget = self.client.budget()
+        except Exception as e:  # noqa: BLE001
+            self._ui(self.log.warning, f"budget: {e}")
+            self._ui(self.set_timer, 2.0, self.compute_budget)
+            return
+        self._ui(self._set_budget, budget)
 
     def _set_budget(self, budget) -> None:
         self.budget = budget

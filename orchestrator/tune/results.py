@@ -121,7 +121,8 @@ def read_trials(out_dir: Path) -> list[Trial]:
     path = Path(out_dir) / TRIALS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (expected the trial table of a `tune` run)")
-    table = pq.read_table(path)
+    with open(path, "rb") as handle:  # one handle: a running search renames a new file in every few seconds
+        table = pq.read_table(handle)
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {list(REQUIRED)}")
