@@ -127,6 +127,7 @@ class HubReporter:
         self.hub, self.name, self.attempt, self.fail, self.log = hub, name, attempt, fail, log
         self.last = self.logged = -math.inf
         self.logged_metric = None
+        self.logged_at: tuple | None = None  # (step, metric) of the last progress line
         self.answer = None  # the latest report whose answer (cancelled?) is still to be read
         self.cancelled = False
 
@@ -148,8 +149,10 @@ class HubReporter:
         return self.cancelled
 
     def _log_progress(self, p: Progress, now: float) -> None:
+        if (p.step, p.metric) == self.logged_at:  # the last report repeats the step of the one before
+            return
         if p.done or now - self.logged >= LOG_EVERY_S or (p.metric is not None and p.metric != self.logged_metric):
-            self.logged, self.logged_metric = now, p.metric
+            self.logged, self.logged_metric, self.logged_at = now, p.metric, (p.step, p.metric)
             valid = "" if p.metric is None else f"  valid {p.metric:.4f}"
             self.log.line(f"step {p.step}/{p.total_steps}  epoch {p.epoch}  loss {p.loss:.4f}{valid}  "
                           f"{p.samples_per_s:,.0f} samples/s")

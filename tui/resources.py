@@ -20,13 +20,16 @@ from tui.view import JobView
 GIB = 1024 ** 3
 
 
-def use_cell(pair: list | None, unit: str = "", scale: float = 1.0, bars: bool = True) -> Text:
-    """'▇▇▇━━ 3/4' for a [used, total] pair (without the bar on narrow screens)."""
+def use_cell(pair: list | None, bytes_: bool = False, bars: bool = True) -> Text:
+    """'▇▇▇━━ 3/4' for a [used, total] pair (without the bar on narrow screens); bytes in MiB or GiB."""
     if not pair or not pair[1]:
         return Text("-", style="dim")
     used, total = pair
     text = v.bar(used / total, 6, "red" if used >= total else "cyan").append(" ") if bars else Text()
-    return text.append(f"{used / scale:.3g}/{total / scale:.3g}{unit}")
+    if not bytes_:
+        return text.append(f"{used:.3g}/{total:.3g}")
+    scale, unit = (GIB, "GiB") if total >= GIB else (1024 ** 2, "MiB")
+    return text.append(f"{used / scale:.3g}/{total / scale:.3g} {unit}")
 
 
 def nodes_table(usage: dict, width: int = 200) -> Table:
@@ -36,8 +39,8 @@ def nodes_table(usage: dict, width: int = 200) -> Table:
         table.add_column(column, no_wrap=True)
     for node in usage.get("nodes", []):
         table.add_row(node.get("ip", ""), node.get("status", ""), use_cell(node.get("cpu"), bars=bars),
-                      use_cell(node.get("gpu"), bars=bars), use_cell(node.get("memory"), " GiB", GIB, bars),
-                      use_cell(node.get("object_store"), " GiB", GIB, bars))
+                      use_cell(node.get("gpu"), bars=bars), use_cell(node.get("memory"), True, bars),
+                      use_cell(node.get("object_store"), True, bars))
     return table
 
 
