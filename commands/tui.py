@@ -71,17 +71,22 @@ def _terminal() -> bool:
 
 
 def watch_without_terminal(client) -> int:
-    """`tui --attach` with no terminal: the finetune command's display (plain lines when piped) until the
-    job is over."""
+    """`tui --attach` with no terminal: one line per task finished (those finished before included), the
+    job's status once it changes, and at its end the parameter budget (plain lines when piped)."""
     import sys
     import time
 
-    from tui.console import make_display
+    from rich.console import Console
 
-    ui = "rich" if sys.stdout.isatty() else "plain"
-    with make_display(ui, client) as display:
+    from tui.console import PlainDisplay, efficiency_text, make_display
+
+    console = Console(highlight=False, soft_wrap=True) if not sys.stdout.isatty() else Console()
+    display = make_display("rich", client, console) if sys.stdout.isatty() else PlainDisplay(client, console,
+                                                                                              replay=True)
+    with display:
         while client.live:
             display.update()
             time.sleep(1.0)
     state = client.state()
+    console.print(efficiency_text(client, state, console.width))
     return 0 if all(t.status == "done" for t in state.tasks.values()) else 1

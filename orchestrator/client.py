@@ -4,7 +4,7 @@ JobClient reads a fine-tuning job's state and acts on it, for a job running in t
 (`JobClient(job_dir, job)`) or one started by another process (`JobClient.attach(job_dir)`): that driver
 rewrites JOB_DIR/state.json about twice a second and polls JOB_DIR/control/ for commands. A finished job is
 reviewed the same way, from state.json and results.parquet. It also gives the job's parameter budget,
-each task's configuration and the bundle export. SearchClient reads a search's trials. `launch` plans and
+each task's configuration and log, and the bundle export. SearchClient reads a search's trials. `launch` plans and
 builds a job from JobSettings; `plan_budget` is the budget of settings before anything runs. No Ray here:
 clients never touch the cluster. UIs import this module only; the state model comes with it (`status`).
 """
@@ -29,8 +29,8 @@ from peterrec.modes import MODE_NAMES, MODES  # (no torch)
 
 __all__ = [  # what UIs use: this module, and what it hands out
     "LIVE_STATUSES", "JobBudget", "JobClient", "JobSettings", "JobState", "MODES", "MODE_NAMES", "ParamReport",
-    "SearchClient", "SettingError", "TaskState", "TrainingSettings", "best_trial", "launch", "parse_pack",
-    "plan_budget", "plan_tasks", "status", "storage_for", "trial_name",
+    "SearchClient", "SettingError", "TaskState", "TrainingSettings", "best_trial", "job_flags", "launch",
+    "parse_pack", "plan_budget", "plan_tasks", "status", "storage_for", "trial_name",
 ]
 
 LIVE_STATUSES = (st.STARTING, st.JOB_RUNNING, st.STOPPING)
@@ -63,6 +63,10 @@ class JobClient:
             state = st.read_state(self.job_dir) or JobState(str(self.job_dir), status=st.JOB_DONE)
             if state.status in LIVE_STATUSES and not self._driver_alive(state):
                 state.status = st.LOST
+                state.pace = {}
+                for task in state.tasks.values():  # nothing runs them any more: --resume will
+                    if task.status in (st.RUNNING, st.RETRYING):
+                        task.requeue()
         live = state.status in LIVE_STATUSES
         for row in self.results():
             task = state.tasks.get(row["task"])
@@ -79,6 +83,11 @@ class JobClient:
         if name not in tasks:
             raise KeyError(f"no task {name!r} in {self.job_dir}")
         return tasks[name]
+
+    def log(self, name: str) -> list[str]:
+        """A task's latest log lines (JOB_DIR/logs/<task>.log: what its attempts printed, their progress now
+        and then, a failure's traceback, and what the driver made of each attempt)."""
+        return st.read_task_log(self.job_dir, name)
 
     def results(self) -> list[dict]:
         """The rows of results.parquet (finished tasks)."""
@@ -199,6 +208,10 @@ class JobClient:
         """Stop one task (it is recorded failed, error "cancelled"; retry_failed or --resume reruns it)."""
         self._send("cancel", task)
 
+    def retry(self, task: str) -> None:
+        """Queue one failed task again (a live job only)."""
+        self._send("retry", task)
+
     def retry_failed(self) -> None:
         """Queue the job's failed tasks again (a live job only; a finished one is rerun with --resume)."""
         self._send("retry_failed")
@@ -227,6 +240,13 @@ class JobClient:
             except psutil.NoSuchProcess:
                 return False
         return time.time() - state.updated_at < STALE_S
+
+
+def job_flags() -> dict[str, str]:
+    """The `finetune` flag of each setting, by dotted name ("cluster.cpus": "--cpus-per-task")."""
+    from orchestrator.settings import flag_name, walk
+
+    return {name: flag_name(f, JobSettings.UNIT) for name, f in walk(JobSettings)}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -52,6 +52,27 @@ class Cluster:
         return {"nodes": len(nodes), "cpus": total.get("CPU", 0.0), "gpus": total.get("GPU", 0.0),
                 "node_ips": sorted({n["NodeManagerAddress"] for n in nodes})}
 
+    def usage(self) -> dict:
+        """What the cluster is doing now, from Ray's own view of it (the GCS: what `ray status` shows): per
+        node its CPU, GPU, memory and object store, used and total; and the resources queued tasks wait for.
+        (Ray's memory figure is what tasks reserved, its object store figure the bytes stored.)"""
+        import time
+
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(self.address, timeout=5)
+        names = {"CPU": "cpu", "GPU": "gpu", "memory": "memory", "object_store_memory": "object_store"}
+        nodes = []
+        for kind, group in (("alive", status.active_nodes), ("idle", status.idle_nodes)):
+            for node in group:
+                use = {names[u.resource_name]: [u.used, u.total] for u in node.resource_usage.usage
+                       if u.resource_name in names}
+                nodes.append({"id": node.node_id, "ip": node.ip_address, "status": node.node_status.lower()
+                              if isinstance(node.node_status, str) else kind, **use})
+        waiting = [{"resources": dict(r.bundle), "count": r.count}
+                   for demand in status.resource_demands.ray_task_actor_demand for r in demand.bundles_by_count]
+        return {"at": time.time(), "nodes": sorted(nodes, key=lambda n: n["ip"]), "waiting": waiting}
+
     def shutdown(self) -> None:
         import ray
 

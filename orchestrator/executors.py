@@ -58,8 +58,7 @@ class RayExecutor:
     def __init__(self, options):
         self.options = options
         self.cluster = self.refs = self.hub = None
-        # Every unit is submitted at once (Ray queues them by their resources), unless capped.
-        self.max_in_flight = options.max_concurrent
+        self.max_in_flight = options.max_concurrent  # until start() knows the cluster: its slots
 
     def start(self, plan, task_states, mark) -> dict:
         """Start (or join) the cluster, share the backbone and sequences, start the hub; the cluster's resources."""
@@ -68,6 +67,10 @@ class RayExecutor:
         resources = self.cluster.resources()
         mark("ray_ready")
         check_fits(o, resources)
+        # No more units in flight than the cluster has slots for. Ray would queue the rest by their
+        # resources, but a worker blocked in ray.get (reporting its start to the hub) lends its CPU to a
+        # queued unit, which then trains beside it: three tasks on two CPUs.
+        self.max_in_flight = self.slots(resources)
         self.refs = share(plan.backbone, plan.sequences)  # the one put of each per job
         mark("shared")
         self.hub = ActorHub(start_hub(task_states))
@@ -125,6 +128,8 @@ class RayExecutor:
     def lost_nodes(self) -> dict[str, str]:
         """{node id: IP} of the cluster's dead nodes (a task on one shows `retrying` before Ray says so)."""
         return lost_nodes()
+    def usage(self) -> dict:
+        return self.cluster.usage()
 
     def measure(self, plan, names: list[str], work_steps: int | None) -> dict:
         import ray
@@ -249,6 +254,8 @@ class LocalExecutor:
 
     def lost_nodes(self) -> dict[str, str]:
         return {}  # one process, no nodes to lose
+    def usage(self) -> dict:
+        return {}  # no cluster: the job runs in this process
 
     def measure(self, plan, names: list[str], work_steps: int | None) -> dict:
         return measure_pack(self.backbone, self.sequences, [plan.spec(n) for n in names],

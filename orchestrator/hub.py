@@ -1,7 +1,7 @@
 """The progress hub: one per job, that every task reports to and the driver reads.
 
-It holds each task's TaskState (step, loss, metric, samples/s, status, attempts, curve) and the cancel
-flags the workers poll. Workers report fire-and-forget; the driver pulls the tasks changed since its
+It holds each task's TaskState (step, loss, metric, samples/s, status, attempts, curve), its latest log
+lines and the cancel flags the workers poll. Workers report fire-and-forget; the driver pulls the tasks changed since its
 last look, so a 100-task job costs little per refresh. On Ray it is an actor (`start_hub`), used through
 ActorHub; a job without Ray holds a LocalHub: both offer the same calls.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
-from orchestrator.state import DONE, FAILED, QUEUED, RETRYING, RUNNING, TaskState, clean_number
+from orchestrator.state import DONE, FAILED, LOG_LINES, RETRYING, RUNNING, TaskState, clean_number
 
 
 class ProgressHub:
@@ -24,6 +25,8 @@ class ProgressHub:
         self.changed = {name: 0 for name in self.tasks}
         self.first_progress_at: float | None = None
         self.node_ids: dict[str, str | None] = {}  # task -> Ray node id of its current attempt (node_lost)
+        self.logs: dict[str, deque] = {}  # name -> (version, line) of its latest LOG_LINES lines
+        self.logged: dict[str, int] = {}  # name -> version of its latest line
 
     def _touch(self, task: TaskState) -> None:
         self.version += 1
@@ -40,7 +43,8 @@ class ProgressHub:
         task.attempts += 1
         task.status, task.node, task.pid, task.pack = RUNNING, node, pid, pack
         task.step, task.total, task.loss, task.metric, task.samples_per_s, task.history = 0, 0, None, None, None, []
-        task.started_at = task.started_at or time.time()
+        task.attempt_started_at = time.time()
+        task.started_at = task.started_at or task.attempt_started_at
         self._touch(task)
         return task.attempts, name in self.cancelled
 
@@ -52,10 +56,17 @@ class ProgressHub:
             loss, metric = clean_number(loss), clean_number(metric)
             task.step, task.total, task.epoch, task.loss, task.metric = step, total, epoch, loss, metric
             task.samples_per_s = clean_number(samples_per_s)
-            task.add_point(step, loss, metric)
+            task.add_point(step, loss, metric, time.time())
             self.first_progress_at = self.first_progress_at or time.time()
             self._touch(task)
         return name in self.cancelled
+
+    def log(self, name: str, attempt: int, lines: list[str]) -> None:
+        """Lines of an attempt's log (what it printed, its progress now and then, a traceback)."""
+        self.version += 1
+        kept = self.logs.setdefault(name, deque(maxlen=LOG_LINES))
+        kept.extend((self.version, line) for line in lines)
+        self.logged[name] = self.version
 
     def attempt_failed(self, name: str, attempt: int, error: str) -> None:
         task = self.tasks[name]
@@ -87,20 +98,23 @@ class ProgressHub:
         self._touch(task)
 
     def queued(self, names: list[str]) -> None:
-        """Tasks (re)submitted: queued again and no longer cancelled."""
+        """Tasks back in the queue (retried, or interrupted by a stop): no longer cancelled, and none of
+        the numbers of the attempt they left."""
         for name in names:
             self.cancelled.discard(name)
             task = self.tasks[name]
-            task.status, task.error = QUEUED, None
+            task.requeue()
             self._touch(task)
 
     def cancel(self, names: list[str]) -> None:
         self.cancelled.update(names)
 
     def snapshot(self, since: int = 0) -> dict:
-        """Tasks changed after version `since`, the current version, and when progress first came in."""
+        """Tasks changed after version `since`, their log lines logged since, the current version, and
+        when progress first came in."""
         tasks = {n: self.tasks[n].to_dict() for n, v in self.changed.items() if v > since}
-        return {"version": self.version, "tasks": tasks, "first_progress_at": self.first_progress_at}
+        logs = {n: [line for v, line in self.logs[n] if v > since] for n, v in self.logged.items() if v > since}
+        return {"version": self.version, "tasks": tasks, "logs": logs, "first_progress_at": self.first_progress_at}
 
 
 def start_hub(task_states: list[TaskState]):
@@ -128,6 +142,9 @@ class ActorHub:
 
     def report(self, *args) -> "_RayAnswer":
         return _RayAnswer(self.actor.report.remote(*args))
+
+    def log(self, name: str, attempt: int, lines: list[str]) -> None:
+        self.actor.log.remote(name, attempt, lines)
 
     def attempt_failed(self, name: str, attempt: int, error: str) -> None:
         self.actor.attempt_failed.remote(name, attempt, error)

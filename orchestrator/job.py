@@ -2,8 +2,9 @@
 
 The executor (executors.py) runs units: one task, or with --pack a fused pack of tasks (packing.py).
 The driver submits them (as many as the executor has slots), collects each task's result as it comes and
-writes its bundle entry and results row at once, keeps the job's state (state.json, for every client) and
-applies commands (cancel, retry failed, stop). A task that fails runs again on its own while it has
+writes its bundle entry and results row at once, keeps the job's state (state.json, for every client: its
+pace, the cluster's use, each task's log under logs/ and its curves as TensorBoard runs) and applies
+commands (cancel, retry, stop). A task that fails runs again on its own while it has
 attempts left (--retries); the tasks of a unit whose worker or node was lost run again together; a task
 that fails every attempt is recorded `failed` and the others go on.
 """
@@ -23,14 +24,17 @@ import psutil
 from orchestrator import state as st
 from orchestrator.executors import LocalExecutor, RayExecutor, UnitCancelled, UnitLost
 from orchestrator.packing import Unit, auto_candidates, packable_names, plan_units, steps_per_task
+from orchestrator.pace import Pace
 from orchestrator.plan import JobPlan
 from orchestrator.settings import JobOptions
 from orchestrator.state import JobState, TaskState
+from orchestrator.tensorboard import JobBoard
 from orchestrator.worker import error_text
 
 TICK_S = 0.25  # the driver's loop: results, commands, display
-PERSIST_S = 0.5  # state.json at most this often
+PERSIST_S = 0.5  # state.json (and the logs that changed) at most this often
 NODES_S = 2.0  # the cluster's node list at most this often (a lost node's tasks show `retrying`)
+USAGE_S = 3.0  # the cluster's use (Ray's view of its nodes) at most this often
 FAULTS_ENV = "PETERREC_FAIL_TASKS"  # "a,b:1": task a fails every attempt, b its first attempt
 
 
@@ -77,11 +81,22 @@ class FinetuneJob:
         self._seen_version = 0
         self._persisted_at = 0.0
         self._nodes_at, self._lost_nodes = 0.0, {}
+        self.logs: dict[str, deque] = {name: deque(st.read_task_log(plan.job_dir, name), maxlen=st.LOG_LINES)
+                                       for name in self.todo}  # a resumed job's tasks keep their earlier lines
+        self._logs_changed: set[str] = set()
+        self._changed: set[str] = set()  # tasks changed since the last look (_observe)
+        self.submitted: dict[str, float] = {}  # task -> when its current attempt was handed to the executor
+        self.pace: Pace | None = None
+        self.board = JobBoard(plan.job_dir)
+        self._usage_at = -float("inf")
 
     # Actions (any thread) ------------------------------------------------------------------------
 
     def cancel(self, task: str) -> None:
         self.commands.put({"action": "cancel", "task": task})
+
+    def retry(self, task: str) -> None:
+        self.commands.put({"action": "retry", "task": task})
 
     def retry_failed(self) -> None:
         self.commands.put({"action": "retry_failed", "task": None})
@@ -116,7 +131,9 @@ class FinetuneJob:
             raise
         finally:
             self._timing("finished")
+            self.state.pace = {}  # a job that is over has no pace
             self._persist(force=True)
+            self.board.close()
             executor.shutdown()
             plan.release()
             if on_tick:
@@ -141,6 +158,7 @@ class FinetuneJob:
             self._timing("pack_measured")
         units = plan_units(self.todo, settings, steps, k, slots)
         self.state.resources["pack_size"] = max(len(u.names) for u in units)
+        self.pace = Pace(steps, {n: settings[n].train.batch_size for n in self.todo})
         return units
 
     def _drive(self, executor, units: list[Unit], on_tick) -> None:
@@ -152,8 +170,13 @@ class FinetuneJob:
             while pending and not self.stopping and (not executor.max_in_flight
                                                      or len(in_flight) < executor.max_in_flight):
                 unit = pending.popleft()
+                now = time.time()
+                for name in unit.names:
+                    self.submitted[name] = self.state.tasks[name].submitted_at = now
                 in_flight[executor.submit(unit, self.plan, self.faults)] = unit
             if not in_flight:
+                self._pull(hub)  # the last log lines and numbers
+                self._observe(executor)
                 break
             ready = executor.wait(list(in_flight), TICK_S)
             if ready:
@@ -162,6 +185,7 @@ class FinetuneJob:
                 self._collect(executor, handle, in_flight, pending)
             self._watch_nodes(executor)
             self._pull(hub)
+            self._observe(executor)
             self._persist()
             if on_tick:
                 on_tick(self.state)
@@ -223,16 +247,20 @@ class FinetuneJob:
         if "error" in out:
             left = self._attempts_left(name, out.get("attempt", 0))
             if left > 0 and not self.stopping:
+                self._log(name, f"attempt {attempts} failed: {out['error']}; it runs again ({left} attempt"
+                                f"{'s' if left != 1 else ''} left)")
                 self._retrying([name], out["error"], out.get("attempt"))
                 pending.appendleft(Unit([name]))
                 return
+            self._log(name, f"attempt {attempts} failed: {out['error']}; no attempt left: the task is failed")
             self._failed(name, out["error"], time.time() - (task.started_at or time.time()), attempts)
             return
         if out.get("cancelled"):
             if self.stopping:  # a stopped job leaves the task to --resume
-                self.hub.queued([name])
-                task.status = st.QUEUED
+                self._log(name, "interrupted: the job was stopped; `finetune --resume` runs it again")
+                self._requeue([name])
             else:
+                self._log(name, "cancelled")
                 self._failed(name, "cancelled", out.get("seconds"), attempts)
             return
         try:
@@ -266,6 +294,17 @@ class FinetuneJob:
         task.status = status
         task.value = st.clean_number(fields.get("value"))
         task.error, task.seconds = fields.get("error"), fields.get("seconds")
+        self._changed.add(name)
+        self._persist(force=True)
+
+    def _requeue(self, names: list[str]) -> None:
+        """Tasks back in the queue: the same word in the hub, this state, and results.parquet (which
+        loses their failed rows), so every view shows them queued."""
+        self.hub.queued(names)
+        for name in names:
+            self.state.tasks[name].requeue()
+            self._changed.add(name)
+        self.plan.outputs.requeued(names)
         self._persist(force=True)
 
     def _apply_commands(self, executor, pending: deque, in_flight: dict) -> None:
@@ -290,11 +329,12 @@ class FinetuneJob:
                 else:
                     self.hub.cancel([name])
                     self._cancel_queued(executor, {h: u for h, u in in_flight.items() if u.names == [name]})
-            elif action == "retry_failed" and not self.stopping:
-                names = [n for n, t in self.state.tasks.items() if t.status == st.FAILED]
-                self.hub.queued(names)
+            elif action in ("retry", "retry_failed") and not self.stopping:
+                names = [n for n, t in self.state.tasks.items() if t.status == st.FAILED
+                         and (action == "retry_failed" or n == name)]
                 for n in names:
-                    self.state.tasks[n].status = st.QUEUED
+                    self._log(n, "queued again (retry)")
+                self._requeue(names)
                 pending.extend(Unit([n]) for n in names)
 
     def _cancel_queued(self, executor, in_flight: dict) -> None:
@@ -308,7 +348,7 @@ class FinetuneJob:
     # State -------------------------------------------------------------------------------------------
 
     def _pull(self, hub) -> None:
-        """Merge the tasks the hub changed since the last pull into self.state."""
+        """Merge the tasks the hub changed since the last pull into self.state, and their new log lines."""
         snapshot = hub.snapshot(self._seen_version)
         self._seen_version = snapshot["version"]
         for name, task in snapshot["tasks"].items():
@@ -316,11 +356,40 @@ class FinetuneJob:
             fresh = TaskState.from_dict(task)
             if mine.finished and not fresh.finished:  # the driver's word on the outcome wins
                 fresh = replace(fresh, status=mine.status, value=mine.value, error=mine.error, seconds=mine.seconds)
+            fresh.submitted_at = self.submitted.get(name)
             self.state.tasks[name] = fresh
+            self._changed.add(name)
+        for name, lines in snapshot.get("logs", {}).items():
+            self.logs.setdefault(name, deque(maxlen=st.LOG_LINES)).extend(lines)
+            self._logs_changed.add(name)
         if snapshot["first_progress_at"] and "first_progress" not in self.state.timings:
             self.state.timings["first_progress"] = round(snapshot["first_progress_at"] - self.t0, 3)
         if any(self.state.tasks[n].attempts for n in self.todo):
             self._timing("first_start", once=True)
+
+    def _log(self, name: str, line: str) -> None:
+        """A line of the driver's own in a task's log (what became of an attempt)."""
+        self.logs.setdefault(name, deque(maxlen=st.LOG_LINES)).append(line)
+        self._logs_changed.add(name)
+
+    def _observe(self, executor) -> None:
+        """After each pull: the job's pace, the TensorBoard points of the tasks that changed, and now and then
+        the cluster's use. None of them may stop the job: a problem is recorded where a view shows it."""
+        now = time.time()
+        changed, self._changed = self._changed, set()
+        if self.pace is not None:
+            self.pace.update(self.state.tasks, now)
+            self.state.pace = self.pace.figures()
+        try:
+            self.board.update(self.state.tasks, changed)
+        except Exception as e:  # noqa: BLE001  a full disk, say: the job goes on without its curves
+            self.state.resources["tensorboard_error"] = error_text(e)
+        if now - self._usage_at >= USAGE_S:
+            self._usage_at = now
+            try:
+                self.state.usage = executor.usage() or {}
+            except Exception as e:  # noqa: BLE001  Ray's status call timed out: said, tried again later
+                self.state.usage = {**self.state.usage, "error": error_text(e), "at": now}
 
     def _timing(self, what: str, once: bool = False) -> None:
         if not (once and what in self.state.timings):
@@ -335,3 +404,6 @@ class FinetuneJob:
             self._persisted_at = now
             self.state.updated_at = time.time()
             st.write_state(self.plan.job_dir, self.state)
+            changed, self._logs_changed = self._logs_changed, set()
+            for name in changed:
+                st.write_task_log(self.plan.job_dir, name, self.logs[name])

@@ -41,7 +41,8 @@ def read_results(job_dir: Path) -> list[dict]:
     path = results_path(job_dir)
     if not path.exists():
         return []
-    table = pq.read_table(path)
+    with open(path, "rb") as handle:  # one handle: a path is opened twice (footer, then pages), and the
+        table = pq.read_table(handle)  # driver may rename a new file in between
     return [{f.name: row.get(f.name) for f in SCHEMA} for row in table.to_pylist()]
 
 
@@ -98,6 +99,15 @@ class JobOutputs:
 
     def failed(self, task_spec, mode: str, error: str, seconds: float, attempts: int) -> dict:
         return self._put(failed_row(task_spec, mode, error, seconds, attempts))
+
+    def requeued(self, names: list[str]) -> None:
+        """Tasks queued to run again (retried): their failed rows go, so the file never says `failed` of a
+        task the job will run again (its bundle entry, if any, is replaced when it is done)."""
+        if any(self.rows.get(n, {}).get("status") == "failed" for n in names):
+            for name in names:
+                if self.rows.get(name, {}).get("status") == "failed":
+                    del self.rows[name]
+            write_results(self.job_dir, list(self.rows.values()))
 
     def _put(self, row: dict) -> dict:
         self.rows[row["task"]] = row

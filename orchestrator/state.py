@@ -22,6 +22,7 @@ FINISHED = (DONE, FAILED)
 STARTING, JOB_RUNNING, STOPPING, JOB_DONE, STOPPED, LOST = "starting", "running", "stopping", "done", "stopped", "lost"
 
 HISTORY_POINTS = 120  # per task curve; halved (every other point kept) when full
+LOG_LINES = 200  # per task log (JOB_DIR/logs/<task>.log): the latest lines, across its attempts
 
 
 @dataclass
@@ -47,7 +48,9 @@ class TaskState:
     started_at: float | None = None  # wall clock of the first attempt's start
     updated_at: float | None = None
     seconds: float | None = None  # of the successful attempt, or until the final failure
-    history: list[list] = field(default_factory=list)  # [step, loss, metric] points of the latest attempt
+    history: list[list] = field(default_factory=list)  # [step, loss, metric, wall clock] points of the latest attempt
+    submitted_at: float | None = None  # wall clock the driver handed its current attempt to the executor
+    attempt_started_at: float | None = None  # wall clock its current attempt began on a worker
 
     @property
     def finished(self) -> bool:
@@ -65,13 +68,29 @@ class TaskState:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def add_point(self, step: int, loss: float | None, metric: float | None) -> None:
+    @property
+    def queue_wait(self) -> float | None:
+        """Seconds its current attempt waited between submission and its start on a worker."""
+        if self.submitted_at is None or self.attempt_started_at is None:
+            return None
+        return max(self.attempt_started_at - self.submitted_at, 0.0)
+
+    def add_point(self, step: int, loss: float | None, metric: float | None, at: float | None = None) -> None:
+        point = [step, loss, metric, at if at is not None else time.time()]
         if self.history and self.history[-1][0] == step:
-            self.history[-1] = [step, loss, metric]
+            self.history[-1] = point
             return
-        self.history.append([step, loss, metric])
+        self.history.append(point)
         if len(self.history) > HISTORY_POINTS:
             self.history = self.history[::2]
+
+    def requeue(self) -> None:
+        """Back in the queue (retried, or interrupted by a stop or a lost driver): the numbers of the attempt
+        it left are no longer its own, so none of them stays."""
+        self.status, self.value, self.error, self.seconds = QUEUED, None, None, None
+        self.step, self.total, self.epoch = 0, 0, 0
+        self.loss = self.metric = self.samples_per_s = None
+        self.history = []
 
 
 @dataclass
@@ -91,6 +110,8 @@ class JobState:
     cluster: dict = field(default_factory=dict)  # nodes, CPU, GPU
     resources: dict = field(default_factory=dict)  # per task: cpus, gpus; max_concurrent, retries
     timings: dict = field(default_factory=dict)  # seconds since command start: ray_ready, first_progress, ...
+    pace: dict = field(default_factory=dict)  # orchestrator.pace.Pace.figures(): throughput, steps left, ETA
+    usage: dict = field(default_factory=dict)  # the cluster's nodes and their use (cluster.usage), every few seconds
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     tasks: dict[str, TaskState] = field(default_factory=dict)
@@ -107,13 +128,23 @@ class JobState:
 
     @property
     def samples_per_s(self) -> float:
-        """Aggregate training rate of the running tasks."""
+        """The job's training rate: samples trained per second over the last seconds (the driver's pace),
+        else the sum of the running tasks' own rates."""
+        if self.pace.get("samples_per_s") is not None:
+            return self.pace["samples_per_s"]
         return sum(t.samples_per_s or 0.0 for t in self.tasks.values() if t.status == RUNNING)
+
+    def tally(self) -> str:
+        """Every status with its count, in one line: '12 done, 1 failed, 3 queued of 16 tasks'."""
+        counts = self.counts()
+        parts = [f"{counts[s]} {s}" for s in (DONE, FAILED, RUNNING, RETRYING, QUEUED) if counts.get(s)]
+        return f"{', '.join(parts) or 'no tasks'} of {len(self.tasks)} task{'s' if len(self.tasks) != 1 else ''}"
 
     def to_dict(self) -> dict:
         d = {name: getattr(self, name) for name in JOB_FIELDS}
         d["cluster"] = {k: list(v) if isinstance(v, list) else v for k, v in self.cluster.items()}
         d["resources"], d["timings"], d["settings"] = dict(self.resources), dict(self.timings), dict(self.settings)
+        d["pace"], d["usage"] = dict(self.pace), dict(self.usage)
         d["tasks"] = {name: t.to_dict() for name, t in self.tasks.items()}
         return d
 
@@ -133,7 +164,8 @@ JOB_FIELDS = tuple(f.name for f in fields(JobState) if f.name != "tasks")
 
 STATE_FILE = "state.json"
 CONTROL_DIR = "control"
-ACTIONS = ("cancel", "retry_failed", "stop")
+LOGS_DIR = "logs"
+ACTIONS = ("cancel", "retry", "retry_failed", "stop")  # retry: one failed task (by name)
 
 
 def write_state(job_dir: str | Path, state: JobState) -> None:
@@ -148,6 +180,23 @@ def read_state(job_dir: str | Path) -> JobState | None:
         return JobState.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         return None
+
+
+def log_path(job_dir: str | Path, task: str) -> Path:
+    return Path(job_dir) / LOGS_DIR / f"{task}.log"
+
+
+def write_task_log(job_dir: str | Path, task: str, lines) -> None:
+    """A task's log: its latest LOG_LINES lines, replaced atomically (readers never see half a file)."""
+    lines = list(lines)[-LOG_LINES:]
+    write_text_atomic(log_path(job_dir, task), "".join(line + "\n" for line in lines))
+
+
+def read_task_log(job_dir: str | Path, task: str) -> list[str]:
+    try:
+        return log_path(job_dir, task).read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
 
 
 def send_command(job_dir: str | Path, action: str, task: str | None = None) -> Path:

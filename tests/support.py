@@ -126,8 +126,15 @@ def in_loop(test):
     return run
 
 
+USAGE = {"at": 1_700_000_720.0, "waiting": [{"resources": {"CPU": 1.0}, "count": 3}],
+         "nodes": [{"id": "a" * 56, "ip": "10.0.0.1", "status": "running", "cpu": [8.0, 8.0], "gpu": [0.5, 1.0],
+                    "memory": [0.0, 30 * 1024 ** 3], "object_store": [1.5 * 1024 ** 3, 9 * 1024 ** 3]},
+                   {"id": "b" * 56, "ip": "10.0.0.2", "status": "idle", "cpu": [0.0, 8.0], "gpu": [0.0, 0.0],
+                    "memory": [0.0, 30 * 1024 ** 3], "object_store": [0.0, 9 * 1024 ** 3]}]}
+
+
 def review_job(root: Path, tasks: int = 100, failed: tuple[int, ...] = (6, 42, 88)) -> Path:
-    """JOB_DIR with state.json and results.parquet of a finished job: every number fixed, no spec or
+    """JOB_DIR with state.json, results.parquet and logs/ of a finished job: every number fixed, no spec or
     backbone on disk (the UI must get by with what results.parquet says)."""
     job_dir = root / "job"
     job_dir.mkdir(parents=True)
@@ -136,7 +143,7 @@ def review_job(root: Path, tasks: int = 100, failed: tuple[int, ...] = (6, 42, 8
                                                                    "node_ips": ["10.0.0.1", "10.0.0.2"]},
                      resources={"cpus_per_task": 1.0, "gpus_per_task": 0.125, "max_concurrent": 0, "retries": 2},
                      timings={"ray_ready": 3.5, "first_start": 5.0, "first_progress": 6.0, "finished": 725.0},
-                     started_at=1_700_000_000.0, updated_at=1_700_000_725.0)
+                     started_at=1_700_000_000.0, updated_at=1_700_000_725.0, usage=USAGE)
     rows = []
     backbone_params = 1_284_864
     for i in range(tasks):
@@ -149,10 +156,19 @@ def review_job(root: Path, tasks: int = 100, failed: tuple[int, ...] = (6, 42, 8
         task = TaskState(name, kind, metric, step=total, total=total, epoch=2, loss=history[-1][1],
                          metric=history[-1][2], samples_per_s=1000.0 + i, attempts=1, node="10.0.0.1",
                          pid=1000 + i, started_at=1_700_000_010.0 + i, updated_at=1_700_000_100.0 + i,
-                         seconds=60.0 + i, history=history)
+                         seconds=60.0 + i, history=history, submitted_at=1_700_000_009.0 + i,
+                         attempt_started_at=1_700_000_010.0 + i)
         trained = 5_000 + (40_000 if coldrec else 0) + i
         if i in failed:
             task.status, task.error, task.attempts = st.FAILED, f"InjectedFailure: task {name} failed", 3
+            st.write_task_log(job_dir, name, [
+                f"attempt 3 on 10.0.0.1 (pid {1000 + i}), cpu, 1 torch thread(s)",
+                f"step 20/{total}  epoch 1  loss 0.4486  valid 0.2800  1,006 samples/s",
+                "Traceback (most recent call last):",
+                '  File "orchestrator/worker.py", line 190, in run_task',
+                "    outcome = finetune_task(backbone, task_spec, task_data, sequences, settings, device, reporter)",
+                f"orchestrator.worker.InjectedFailure: task {name} failed",
+                f"attempt 3 failed: InjectedFailure: task {name} failed; no attempt left: the task is failed"])
             task.step, task.history = total // 2, history[: len(history) // 2]
             rows.append({"task": name, "kind": kind, "mode": "peterrec", "status": "failed", "metric": metric,
                          "seconds": 30.0, "attempts": 3, "error": task.error})
@@ -166,6 +182,48 @@ def review_job(root: Path, tasks: int = 100, failed: tuple[int, ...] = (6, 42, 8
         state.tasks[name] = task
     st.write_state(job_dir, state)
     write_results(job_dir, rows)
+    return job_dir
+
+
+def live_job(root: Path, tasks: int = 6, **changes) -> Path:
+    """JOB_DIR whose state.json says a job is running now, driven by this very process (so clients take it
+    for live): tasks 0-1 running, 2 retrying, 3 failed, 4 done, the rest queued. `changes` replace fields
+    of the JobState (a dict `tasks_changes` maps a task index to TaskState fields to replace)."""
+    import os
+    import socket
+
+    import psutil
+
+    job_dir = root / "live"
+    job_dir.mkdir(parents=True)
+    now = time.time()
+    task_changes = changes.pop("tasks_changes", {})
+    state = JobState(str(job_dir), status=st.JOB_RUNNING, mode="peterrec", pid=os.getpid(), host=socket.gethostname(),
+                     pid_started=psutil.Process().create_time(), cluster={"nodes": 1, "cpus": 2.0, "gpus": 0.0,
+                                                                           "node_ips": ["127.0.0.1"]},
+                     resources={"cpus_per_task": 1.0, "gpus_per_task": 0.0, "max_concurrent": 0, "retries": 2},
+                     timings={"ray_ready": 1.0, "first_start": 2.0}, started_at=now - 60, updated_at=now,
+                     pace={"samples_per_s": 4321.0, "steps_per_s": 12.5, "steps_left": 500, "eta_s": 40.0, "at": now})
+    for key, value in changes.items():
+        setattr(state, key, value)
+    for i in range(tasks):
+        name = f"task_{i:02d}"
+        task = TaskState(name, "classify", "accuracy")
+        if i < 3:
+            history = [[s, 1.0 / (1 + s), 0.5 + s / 1000, now - 30 + s / 10] for s in range(10, 110, 10)]
+            task.status = st.RUNNING if i < 2 else st.RETRYING
+            task.step, task.total, task.loss, task.metric, task.samples_per_s = 100, 200, 0.01, 0.6, 64.0 + i
+            task.attempts, task.node, task.pid, task.history = 1, "127.0.0.1", 4000 + i, history
+            task.started_at = task.attempt_started_at = now - 30
+            task.submitted_at = now - 31
+        elif i == 3:
+            task.status, task.error, task.attempts, task.step, task.total = st.FAILED, "ValueError: boom", 3, 7, 200
+        elif i == 4:
+            task.status, task.value, task.attempts, task.step, task.total = st.DONE, 0.75, 1, 200, 200
+        for key, value in task_changes.get(i, {}).items():
+            setattr(task, key, value)
+        state.tasks[name] = task
+    st.write_state(job_dir, state)
     return job_dir
 
 
@@ -187,18 +245,26 @@ async def settled(pilot) -> None:
 
 
 def table_rows(app) -> dict[str, dict[str, str]]:
-    """The task table as {task: {column: plain text}} (the DataTable's own cells, in table order)."""
+    """The task table as {task: {column: plain text}} (the dashboard's own cells, in table order; group
+    headings left out)."""
     table = app.screen.query_one("#tasks")
-    keys = [c.key.value for c in table.ordered_columns]
-    out = {}
-    for row in table.ordered_rows:
-        cells = table.get_row(row.key)
-        out[row.key.value] = {k: str(getattr(c, "plain", c)) for k, c in zip(keys, cells)}
-    return out
+    keys = [c.key for c in table.columns]
+    return {row.key: {k: cells.get(k, "") for k in keys} for row, cells in table.text_rows() if not row.heading}
 
 
 def text_of(app, selector: str) -> str:
     return str(app.screen.query_one(selector).render())
+
+
+def plain_of(app, selector: str, width: int = 200) -> str:
+    """What a Static shows (rich tables included), as plain text."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), record=True)
+    console.print(app.screen.query_one(selector).content)
+    return console.export_text()
 
 
 def write_trials(folder: Path) -> Path:
@@ -332,3 +398,20 @@ def replace_line(path: Path, number: int, field: int, value: str, separator: str
     parts[field] = value
     lines[number - 1] = separator.join(parts)
     path.write_text("\n".join(lines) + "\n", encoding="latin-1")
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard run's event files, read as TensorBoard does (TFRecord framing of
+    Event protos, tensorboardX's copy of TensorBoard's proto): {tag: [(step, value), ...]}."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list] = {}
+    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (length,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+            i += 12 + length + 4  # length, its CRC, the record, its CRC
+            for value in event.summary.value:
+                out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out

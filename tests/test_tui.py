@@ -14,7 +14,8 @@ import torch
 
 from orchestrator.results import read_results
 from peterrec.modes import MODE_NAMES
-from support import in_loop, review_job, settled, table_rows, text_of, until, write_trials
+from support import (in_loop, review_job, settled, table_rows, tensorboard_scalars, text_of, until,
+                     write_trials)
 
 
 
@@ -40,11 +41,10 @@ from support import in_loop, review_job, settled, table_rows, text_of, until, wr
 async def test_review_shows_every_task_with_totals_and_efficiency(tmp_path):
     from orchestrator.client import JobClient
     from tui.app import PeterRecApp
-    from tui.view import COMPACT_BELOW
 
     job_dir = review_job(tmp_path)
     app = PeterRecApp(client=JobClient.attach(job_dir))
-    async with app.run_test(size=(COMPACT_BELOW + 10, 50)) as pilot:
+    async with app.run_test(size=(160, 50)) as pilot:
         await settled(pilot)
         rows = table_rows(app)
         assert len(rows) == 100 and list(rows)[:2] == ["profile_000", "profile_001"]  # spec order
@@ -62,9 +62,10 @@ async def test_review_shows_every_task_with_totals_and_efficiency(tmp_path):
         full = sum(round(100 * r["trained_params"] / r["ratio_vs_fineall"]) for r in done)
         shared = 1_284_864 + patches
         efficiency = text_of(app, "#efficiency")
-        assert "1,284,864 params, held once" in efficiency
-        assert f"{patches:,} params, 97 of 100 tasks done" in efficiency
-        assert f"{shared:,} params vs 97 full copies {full:,}: {100 * shared / full:.1f}%" in efficiency
+        assert "1,284,864 params, held once, read by every task" in efficiency
+        assert f"97 of 100 done, their patch sets {patches:,}" in efficiency
+        assert f"backbone + 97 patch sets = {shared:,}, {100 * shared / full:.1f}% of 97 full copies ({full:,})" \
+            in efficiency
 
 
 @in_loop
@@ -84,7 +85,7 @@ async def test_filter_sort_and_find(tmp_path):
         assert list(table_rows(app))[:2] == ["coldrec_003", "coldrec_007"]
         await pilot.press("S")  # reversed
         assert list(table_rows(app))[0] == "profile_098"
-        await pilot.press("s")  # by status: running, retrying, failed, queued, done
+        await pilot.press("s", "s")  # by kind, then by status: running, retrying, failed, queued, done
         assert list(table_rows(app))[:4] == ["profile_006", "profile_042", "profile_088", "profile_000"]
         await pilot.press("slash", *"coldrec_09", "enter")
         assert sorted(table_rows(app)) == ["coldrec_091", "coldrec_095", "coldrec_099"]
@@ -108,8 +109,8 @@ async def test_detail_shows_curves_attempts_and_error(tmp_path):
         await until(pilot, lambda: screen.config is not None, "the task's config")
         task = app.view.state.tasks["profile_042"]
         assert screen.task_name == "profile_042"
-        assert list(screen.query_one("#loss-curve").data) == [p[1] for p in task.history]
-        assert list(screen.query_one("#metric-curve").data) == [p[2] for p in task.history]
+        assert screen.query_one("#loss-chart").series[0].points == [(p[0], p[1]) for p in task.history]
+        assert screen.query_one("#metric-chart").series[0].points == [(p[0], p[2]) for p in task.history]
         assert "InjectedFailure: task profile_042 failed" in text_of(app, "#error")
         assert screen.query_one("#error").display
         assert screen.config["mode"] == "peterrec" and screen.config["gpus_per_task"] == 0.125
@@ -226,10 +227,10 @@ async def test_tune_view_lists_trials_per_task_and_the_best(tmp_path):
         tasks = app.screen.query_one("#tune-tasks")
         assert [r.key.value for r in tasks.ordered_rows] == ["gender", "coldrec_1"]
         cells = lambda key: [str(c) for c in tasks.get_row(key)]  # noqa: E731
-        # task, metric, trials, done, stopped, failed, open, baseline, best score, best trial, best config
-        assert cells("gender") == ["gender", "accuracy", "3", "2", "1", "0", "0", "0.8100", "0.8600", "a_00001",
-                                   "lr=0.0005 bottleneck_ratio=8"]
+        # task, metric, trials, done, stopped, failed, open, baseline, best score, best trial
+        assert cells("gender") == ["gender", "accuracy", "3", "2", "1", "0", "0", "0.8100", "0.8600", "a_00001"]
         assert cells("coldrec_1")[2:10] == ["3", "1", "0", "1", "1", "0.3100", "0.3100", "a_00003"]
+        assert text_of(app, "#tune-config") == "best config a_00001: lr=0.0005 bottleneck_ratio=8"
         trials_table = app.screen.query_one("#tune-trials")
         assert [r.key.value for r in trials_table.ordered_rows] == ["gender/a_00001", "gender/a_00000",
                                                                     "gender/a_00002"]
@@ -272,7 +273,7 @@ def test_commands_fall_back_without_a_terminal(tmp_path, capsys):
     job_dir = review_job(tmp_path)
     assert cli.main(["tui", "--attach", str(job_dir)]) == 1  # 3 failed tasks
     out = capsys.readouterr().out
-    assert "job done: 100/100 tasks finished" in out
+    assert out.splitlines()[-5] == "job done: 97 done, 3 failed of 100 tasks"  # after every task's line
     assert cli.main(["tui", "--attach", str(tmp_path / "nothing")]) == 2
 
 
@@ -330,12 +331,21 @@ async def test_launcher_starts_a_real_job_and_the_dashboard_follows_it(world, ra
             assert row["metric"].endswith(f"{results[name]['value']:.4f}")
         assert "4 done" in text_of(app, "#summary") and "100.0%" in text_of(app, "#summary")
         patches = sum(r["trained_params"] for r in results.values())
-        assert f"{patches:,} params, 4 of 4 tasks done" in text_of(app, "#efficiency")
+        assert f"backbone + 4 patch sets = {1_280 + patches:,}" in text_of(app, "#efficiency")
+        # TensorBoard: one run per task under JOB_DIR, readable as standard event files.
+        for name, row in results.items():
+            scalars = tensorboard_scalars(out / "tensorboard" / name)
+            assert scalars["loss/train"] and all(step >= 1 for step, _ in scalars["loss/train"])
+            assert scalars[f"test/{row['metric'].replace('@', '_at_')}"][-1][1] == pytest.approx(row["value"], abs=1e-6)
+        # Each task's log: its attempt, progress lines and its end, as the worker recorded them.
+        log = app.client.log(next(iter(results)))
+        assert log[0].startswith("attempt 1 on ") and any(line.startswith("step ") for line in log)
+        assert log[-1].startswith("done in ")
         # The detail of the first task: its curves and the settings its bundle entry records.
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, TaskDetailScreen) and app.screen.config, "the detail")
         assert app.screen.config["source"] == "bundle entry" and app.screen.config["train.max_steps"] == 6
-        assert len(app.screen.query_one("#loss-curve").data) >= 1
+        assert len(app.screen.query_one("#loss-chart").series[0].points) >= 1
         await pilot.press("escape")
         # Export the bundle to the default path (next to the job directory).
         await pilot.press("e")
@@ -353,8 +363,15 @@ async def test_launcher_starts_a_real_job_and_the_dashboard_follows_it(world, ra
 async def test_a_job_run_in_the_ui_is_cancelled_retried_and_stopped_by_quitting(world, ray_cluster, tmp_path):
     """The `finetune --ui tui` path: the app runs a given job; c / r act on it through the client and
     quitting stops it cleanly, leaving it resumable."""
+    import io
+
+    from rich.console import Console
+
     from orchestrator.client import JobClient, launch
+    from orchestrator.state import read_state
+    from tui import view as v
     from tui.app import PeterRecApp
+    from tui.console import PlainDisplay
     from tui.launch import LaunchSettings, job_settings
 
     spec, backbone_dir = world
@@ -381,10 +398,22 @@ async def test_a_job_run_in_the_ui_is_cancelled_retried_and_stopped_by_quitting(
         await pilot.press("y")  # "Stop and quit"
         await until(pilot, lambda: not app.is_running, "the app to stop the job and exit")
     assert app.final_state.status == "stopped"
+    # One truth after cancel -> retry -> stop: the UI's last view, state.json, a client reading the job
+    # afterwards and the command's final line say the same of every task. The retried task is queued
+    # again (not failed), and an interrupted one keeps none of the numbers of the attempt it left.
+    saved = read_state(out)
     state = JobClient.attach(out).state()
-    assert state.status == "stopped" and not any(t.status == "running" for t in state.tasks.values())
-    rows = read_results(out)  # nothing half-written: the cancelled task's row, no done rows
-    assert [r["status"] for r in rows] == ["failed"] and rows[0]["error"] == "cancelled"
+    statuses = {n: t.status for n, t in state.tasks.items()}
+    assert statuses == {n: t.status for n, t in saved.tasks.items()} == \
+        {n: t.status for n, t in app.view.state.tasks.items()}
+    assert set(statuses.values()) == {"queued"} and state.status == saved.status == "stopped"
+    assert all(t.step == 0 and t.loss is None and t.history == [] for t in saved.tasks.values())
+    assert read_results(out) == []  # nothing finished for good: `--resume` runs the four
+    assert "0 done  0 running  4 queued  0 failed" in v.summary_text(app.view).plain
+    console = Console(file=io.StringIO(), width=100)
+    with PlainDisplay(JobClient.attach(out), console, replay=True):
+        pass
+    assert console.file.getvalue().splitlines()[-1] == "job stopped: 4 queued of 4 tasks"
 
 
 @in_loop

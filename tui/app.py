@@ -10,6 +10,7 @@ back with `call_from_thread`.
 from __future__ import annotations
 
 import faulthandler
+import gc
 import time
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from textual.reactive import reactive
 from textual.worker import Worker, WorkerState
 
 from orchestrator.client import LIVE_STATUSES, JobClient, launch
+from orchestrator.client import status as st
 from tui.dialogs import ConfirmScreen, ExportScreen
+from tui.keys import HelpScreen, key_commands
 from tui.launch import LaunchSettings
 from tui.view import JobView
 
@@ -33,8 +36,11 @@ class PeterRecApp(App):
 
     CSS_PATH = "app.tcss"
     TITLE = "PeterRec"
-    ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True, show=False)]
+    ENABLE_COMMAND_PALETTE = True  # ctrl+p: every key of the screen is also a command there
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
+                Binding("question_mark", "help", "Help", show=False),
+                Binding("ctrl+p", "command_palette", "Commands", priority=True,
+                        tooltip="the command palette: every key of the screen, by name")]
 
     view: reactive[JobView | None] = reactive(None, always_update=True)
 
@@ -57,12 +63,17 @@ class PeterRecApp(App):
         self.budget = None
         self._reading = False
         self._poll_timer = None
+        self.alerted: tuple[str | None, set[str]] = (None, set())  # job status and failed tasks already told
 
     def on_mount(self) -> None:
         from tui.dashboard import DashboardScreen
         from tui.launcher import LauncherScreen
         from tui.tune import TuneScreen
 
+        # Python's full garbage collections scan every object: with Textual, pyarrow and the app loaded that
+        # is ~250k of them, a pause of 0.3-0.8 s on a busy 2-core machine, long enough to eat a key press.
+        # What is loaded by now lives as long as the app: frozen, later full collections skip it.
+        gc.freeze()
         if self.tune_dir is not None:
             self.push_screen(TuneScreen(self.tune_dir))
         elif self.pending_job is not None:
@@ -116,12 +127,43 @@ class PeterRecApp(App):
     def _apply_view(self, view: JobView) -> None:
         if view.budget is None and self.budget is not None:
             view.budget = self.budget
+        self.alert(view)
         self.view = view
+
+    def alert(self, view: JobView) -> None:
+        """The terminal bell and a toast when the watched job ends (done, stopped, lost) or tasks fail.
+        What was already so when the app first saw the job is not news."""
+        state = view.state
+        failed = {n for n, t in state.tasks.items() if t.status == st.FAILED}
+        seen_status, seen_failed = self.alerted
+        self.alerted = (state.status, failed)
+        if seen_status is None:
+            return
+        new = sorted(failed - seen_failed)
+        if new and state.status in LIVE_STATUSES:
+            self.bell()
+            self.notify(f"{', '.join(new[:3])}{f' and {len(new) - 3} more' if len(new) > 3 else ''}: "
+                        f"{state.tasks[new[0]].error or 'failed'}", title=f"{len(new)} task(s) failed",
+                        severity="warning", timeout=10)
+        if seen_status in LIVE_STATUSES and state.status not in LIVE_STATUSES:
+            self.bell()
+            severity = {st.JOB_DONE: "information" if not failed else "warning", st.STOPPED: "warning",
+                        st.LOST: "error"}.get(state.status, "information")
+            about = {st.LOST: "its driver is gone; `finetune --resume` continues it"}.get(state.status, "")
+            self.notify(f"{state.tally()}{'; ' + about if about else ''}", title=f"job {state.status}",
+                        severity=severity, timeout=30)
 
     @work(thread=True, group="budget", exit_on_error=False)
     def compute_budget(self) -> None:
-        """The job's parameter budget (every task, planned); spec and checkpoint reads, torch import."""
-        self._ui(self._set_budget, self.client.budget())
+        """The job's parameter budget (every task, planned); spec and checkpoint reads, torch import.
+        A read that fails (a file being replaced) is tried again a little later."""
+        try:
+            budget = self.client.budget()
+        except Exception as e:  # noqa: BLE001
+            self._ui(self.log.warning, f"budget: {e}")
+            self._ui(self.set_timer, 2.0, self.compute_budget)
+            return
+        self._ui(self._set_budget, budget)
 
     def _set_budget(self, budget) -> None:
         self.budget = budget
@@ -178,7 +220,7 @@ class PeterRecApp(App):
         from tui.launcher import LauncherScreen
 
         if isinstance(self.screen, LauncherScreen):
-            field = getattr(error, "field", None)
+            field = "existing" if isinstance(error, FileExistsError) else getattr(error, "field", None)
             self.screen.show_error(str(error), LAUNCHER_FIELD.get(field, field))
         else:
             self.job_error = error
@@ -202,9 +244,12 @@ class PeterRecApp(App):
             return
         if event.state == WorkerState.SUCCESS:
             self.final_state = event.worker.result
-        self.poll()  # the final state
-        if self.stopping:
+        if self.stopping and self.client is not None:  # the last view is the job's final word, then exit
+            state = self.client.state()
+            self._apply_view(JobView(state, self._read_results(self.client), self.budget, time.time(), final=True))
             self.exit()
+            return
+        self.poll()  # the final state
 
     # Acting on the job (through the client) --------------------------------------------------------------
 
@@ -224,28 +269,43 @@ class PeterRecApp(App):
             self._ui(self.notify, str(e).strip("'\""), severity="warning", timeout=8)
 
     def cancel_task(self, name: str) -> None:
-        task = self.view.state.tasks.get(name) if self.view else None
-        if task is not None and task.finished:
-            self.notify(f"{name} is already {task.status}", severity="warning")
+        self.cancel_tasks([name])
+
+    def cancel_tasks(self, names: list[str]) -> None:
+        tasks = self.view.state.tasks if self.view else {}
+        open_ = [n for n in names if n in tasks and not tasks[n].finished]
+        if not open_:
+            self.notify(f"{names[0]} is already {tasks[names[0]].status}" if len(names) == 1 and names[0] in tasks
+                        else "none of these tasks is still to run", severity="warning")
             return
+        what = f"task [b]{open_[0]}[/b]" if len(open_) == 1 else f"[b]{len(open_)} tasks[/b]"
 
         def answered(yes: bool) -> None:
             if yes:
-                self._act(f"cancelling {name}", lambda: self.client.cancel(name))
+                self._act(f"cancelling {open_[0] if len(open_) == 1 else f'{len(open_)} tasks'}",
+                          lambda: [self.client.cancel(n) for n in open_])
 
-        self.push_screen(ConfirmScreen(f"Cancel task [b]{name}[/b]? It is recorded failed ('cancelled'); "
-                                       f"r (retry failed) runs it again.", "Cancel task", "Keep running"),
-                         answered)
+        self.push_screen(ConfirmScreen(f"Cancel {what}? A cancelled task is recorded failed ('cancelled'); "
+                                       f"r (retry) runs it again.", "Cancel", "Keep running"), answered)
 
     def action_retry_failed(self) -> None:
-        self.retry_failed()
+        self.retry_tasks(None)
 
     def retry_failed(self) -> None:
-        failed = [n for n, t in self.view.state.tasks.items() if t.status == "failed"] if self.view else []
+        self.retry_tasks(None)
+
+    def retry_tasks(self, names: list[str] | None) -> None:
+        """Retry these tasks (those of them that failed), or every failed task (None)."""
+        tasks = self.view.state.tasks if self.view else {}
+        failed = [n for n, t in tasks.items() if t.status == st.FAILED and (names is None or n in names)]
         if not failed:
-            self.notify("no failed tasks", severity="information")
+            self.notify("no failed task to retry" + (" among the marked ones" if names else ""),
+                        severity="information")
             return
-        self._act(f"retrying {len(failed)} failed task(s)", self.client.retry_failed)
+        if names is None:
+            self._act(f"retrying {len(failed)} failed task(s)", self.client.retry_failed)
+        else:
+            self._act(f"retrying {len(failed)} failed task(s)", lambda: [self.client.retry(n) for n in failed])
 
     def action_stop_job(self) -> None:
         """Stop the whole job (any driver, through the client) but keep watching it."""
@@ -290,10 +350,26 @@ class PeterRecApp(App):
         except (FileExistsError, OSError, ValueError) as e:
             self._ui(self.notify, str(e), title="export failed", severity="error", timeout=20)
 
-    def open_detail(self, name: str) -> None:
+    def open_detail(self, name: str, pane: str = "curves", compare: list[str] | None = None) -> None:
         from tui.detail import TaskDetailScreen
 
-        self.push_screen(TaskDetailScreen(name))
+        self.push_screen(TaskDetailScreen(name, pane, compare))
+
+    def action_resources(self) -> None:
+        from tui.resources import ResourcesScreen
+
+        if self.client is None:
+            self.notify("no job yet", severity="warning")
+            return
+        self.push_screen(ResourcesScreen())
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    def get_system_commands(self, screen):
+        yield from key_commands(screen)
+        yield from super().get_system_commands(screen)
 
     # Quitting ---------------------------------------------------------------------------------------------
 

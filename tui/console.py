@@ -87,17 +87,19 @@ class RichDisplay:
 
 
 class PlainDisplay:
-    """One line per finished task, and a line when the job's status changes."""
+    """One line per finished task, then a line when the job's status changes (after the task lines that
+    led to it). `replay`: the tasks finished before it started get their line too (`tui --attach`)."""
 
-    def __init__(self, client, console: Console | None = None):
-        self.client = client
+    def __init__(self, client, console: Console | None = None, replay: bool = False):
+        self.client, self.replay = client, replay
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.printed: set[str] = set()
         self.status = None
 
     def __enter__(self) -> "PlainDisplay":
-        state = self.client.state()
-        self.printed = {n for n, t in state.tasks.items() if t.finished}  # finished before this run
+        if not self.replay:
+            state = self.client.state()
+            self.printed = {n for n, t in state.tasks.items() if t.finished}  # finished before this run
         return self
 
     def __exit__(self, *exc) -> None:
@@ -105,36 +107,89 @@ class PlainDisplay:
 
     def update(self, _state: JobState | None = None) -> None:
         state = self.client.state()
-        if state.status != self.status:
-            self.status = state.status
-            self.console.print(f"job {state.status}: {state.finished}/{len(state.tasks)} tasks finished")
         for name, task in state.tasks.items():
             if task.finished and name not in self.printed:
                 self.printed.add(name)
-                what = f"{task.metric_name} {task.value:.4f}" if task.status == st.DONE and task.value is not None \
-                    else f"error: {escape(str(task.error))}"
                 self.console.print(f"[{len(self.printed):>{len(str(len(state.tasks)))}}/{len(state.tasks)}] "
-                                   f"{name} {task.status} {what} ({task.seconds or 0:.1f} s, "
-                                   f"{task.attempts} attempt{'s' if task.attempts != 1 else ''})")
+                                   f"{task_line(task)}")
+        if state.status != self.status:
+            self.status = state.status
+            self.console.print(f"job {state.status}: {state.tally()}")
+
+
+def task_line(task: TaskState) -> str:
+    """A finished task in one line: its metric or its error, time and attempts."""
+    what = f"{task.metric_name} {task.value:.4f}" if task.status == st.DONE and task.value is not None \
+        else f"error: {escape(str(task.error))}"
+    return (f"{task.name} {task.status} {what} ({task.seconds or 0:.1f} s, "
+            f"{task.attempts} attempt{'s' if task.attempts != 1 else ''})")
 
 
 def make_display(ui: str, client, console: Console | None = None):
     return RichDisplay(client, console) if ui == "rich" else PlainDisplay(client, console)
 
 
-def results_table(rows: list[dict]) -> Table:
-    """A finished job's rows (results.parquet), as `finetune` prints them at its end."""
-    table = Table(title="fine-tuning results")
-    for col in ("task", "kind", "mode", "status", "metric", "value", "trained params", "% of FineAll", "seconds"):
-        table.add_column(col, justify="right" if col in ("value", "trained params", "% of FineAll", "seconds")
-                         else "left")
-    for r in rows:
+class ResultsTable:
+    """A finished job's rows (results.parquet), as `finetune` prints them at its end. It fits the console's
+    width without cutting a name or a number: a mode shared by every row goes to the title, then the
+    columns that matter least go first (seconds, kind, trained params, metric); a task name that still does
+    not fit folds onto a second line."""
+
+    COLUMNS = ("task", "kind", "mode", "status", "metric", "value", "trained params", "% of FineAll", "seconds")
+    RIGHT = ("value", "trained params", "% of FineAll", "seconds")
+    LEAST_FIRST = ("seconds", "kind", "trained params", "metric")
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def cells(self, r: dict) -> dict[str, str]:
         done = r["status"] == "done"
-        table.add_row(r["task"], r["kind"], r["mode"], r["status"] if done else f"[red]{r['status']}",
-                      r["metric"] or "", f"{r['value']:.4f}" if done else "",
-                      f"{r['trained_params']:,}" if done else "",
-                      f"{r['ratio_vs_fineall']:.2f}%" if done else "", f"{r['seconds']:.1f}")
-    return table
+        return {"task": r["task"], "kind": r["kind"], "mode": r["mode"], "status": r["status"],
+                "metric": r["metric"] or "", "value": f"{r['value']:.4f}" if done else "",
+                "trained params": f"{r['trained_params']:,}" if done else "",
+                "% of FineAll": f"{r['ratio_vs_fineall']:.2f}%" if done else "",
+                "seconds": f"{r['seconds']:.1f}" if r.get("seconds") is not None else ""}
+
+    def table(self, width: int) -> Table:
+        from rich import box
+
+        rows = [self.cells(r) for r in self.rows]
+        modes = {r["mode"] for r in rows}
+        columns = [c for c in self.COLUMNS if not (c == "mode" and len(modes) == 1)]
+        need = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
+        room = width - 2  # the table's edges
+        for column in self.LEAST_FIRST:
+            if sum(need[c] + 2 for c in columns) <= room:
+                break
+            columns.remove(column)
+        fits = sum(need[c] + 2 for c in columns) <= room
+        title = "fine-tuning results" + (f" (mode {modes.pop()})" if len(modes) == 1 else "")
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=True, collapse_padding=False)
+        for c in columns:
+            if c == "task":
+                table.add_column(c, overflow="fold", min_width=need[c] if fits else min(need[c], 8))
+            else:
+                table.add_column(c, justify="right" if c in self.RIGHT else "left", no_wrap=True, min_width=need[c])
+        for r in rows:
+            table.add_row(*(f"[red]{escape(r[c])}" if c == "status" and r[c] != "done" else escape(r[c])
+                            for c in columns))
+        return table
+
+    def __rich_console__(self, console, options):
+        yield self.table(options.max_width)
+
+
+def results_table(rows: list[dict]) -> ResultsTable:
+    return ResultsTable(rows)
+
+
+def efficiency_text(client, state: JobState, width: int = 100):
+    """The job's parameter budget in words (the dashboard's efficiency panel): the shared backbone, the
+    patch sets, and what they store against one full model per task."""
+    from tui.view import JobView, efficiency_text as panel
+
+    results = {r["task"]: r for r in client.results()}
+    return panel(JobView(state, results, client.budget(), final=True), width)
 
 
 def pack_line(resources: dict) -> str:

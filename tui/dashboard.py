@@ -1,4 +1,9 @@
-"""The job dashboard: totals, the efficiency panel and one row per task, updated in place each poll."""
+"""The job dashboard: totals, the efficiency panel and one row per task, updated in place each poll.
+
+Rows can be filtered by status, found by name, sorted by any column (the arrow marks it), grouped by
+status or kind (Enter on a heading folds it), and marked (space) to cancel, retry or compare together.
+Each row's cells are rebuilt only when its task's numbers change, so a 1,000-task job stays responsive.
+"""
 
 from __future__ import annotations
 
@@ -6,63 +11,80 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import Input
 
+from orchestrator.client import status as st
 from tui import view as v
+from tui.keys import KeyFooter
+from tui.panel import TextPanel
+from tui.tasklist import Column, Row, TaskList
 from tui.view import JobView
 
-
-class TaskTable(DataTable):
-    """One row per task (row key = task name); the App's 100 rows scroll in a DataTable's own viewport."""
-
-    BINDINGS = [Binding("enter", "select_cursor", "Detail")]
+GROUP = "group:"
+FAILED_KEYS = Binding.Group("Failed")
+SORT_KEYS = Binding.Group("Sort/rev")
 
 
 class DashboardScreen(Screen):
     """Watches `app.view` (a JobView the app polls off the UI thread) and redraws from it."""
 
+    TITLE = "Dashboard"
+    HELP = ("One row per task. Marked tasks (space) are what c, r and o act on; with none marked, c cancels "
+            "the highlighted task and r retries every failed one. Sort by clicking a column's header too. "
+            "Curves of every task: tensorboard --logdir JOB_DIR.")
     BINDINGS = [
-        Binding("enter", "detail", "Detail", show=False),
-        Binding("c", "cancel_task", "Cancel"),
-        Binding("r", "retry", "Retry"),
-        Binding("e", "export", "Export"),
-        Binding("x", "app.stop_job", "Stop job", show=False),
-        Binding("f", "cycle_filter", "Filter"),
-        Binding("s", "cycle_sort", "Sort"),
-        Binding("S", "reverse_sort", "Reverse", show=False),
-        Binding("slash", "search", "Find"),
-        Binding("escape", "clear_search", "Clear find", show=False),
+        Binding("enter", "detail", "Detail", show=False, tooltip="the highlighted task's curves, log and config "
+                                                                 "(on a group heading: fold or unfold it)"),
+        Binding("l", "log", "Log", tooltip="the highlighted task's log (a failed one's traceback)"),
+        Binding("space", "mark", "Mark", tooltip="mark or unmark the highlighted task (on a heading: its group)"),
+        Binding("a", "mark_all", "All", tooltip="mark every task shown (again: unmark them)"),
+        Binding("c", "cancel_task", "Cancel", tooltip="cancel the marked tasks, or the highlighted one"),
+        Binding("r", "retry", "Retry", tooltip="retry the marked tasks that failed, or every failed task"),
+        Binding("o", "compare", "Compare", tooltip="overlay the curves of the marked tasks"),
+        Binding("n", "next_failed(1)", "Next failed", group=FAILED_KEYS, tooltip="the next failed task"),
+        Binding("N", "next_failed(-1)", "Previous failed", group=FAILED_KEYS, tooltip="the previous failed task"),
+        Binding("f", "cycle_filter", "Filter", tooltip="all, running, failed, done, queued"),
+        Binding("g", "cycle_group", "Group", tooltip="group by status, by kind, or not"),
+        Binding("s", "cycle_sort", "Sort", group=SORT_KEYS, tooltip="sort by the next column (or click a header)"),
+        Binding("S", "reverse_sort", "Reverse", group=SORT_KEYS, tooltip="reverse the sort"),
+        Binding("slash", "search", "Find", tooltip="find tasks by name"),
+        Binding("escape", "clear_search", "Clear", tooltip="clear the find"),
+        Binding("u", "app.resources", "Resources", tooltip="the cluster's nodes, workers and queue"),
+        Binding("e", "export", "Export", tooltip="export the bundle of finished tasks to one archive"),
+        Binding("x", "app.stop_job", "Stop", tooltip="stop the job (finetune --resume continues it)"),
+        Binding("question_mark", "app.help", "Help", tooltip="every key, and what it does"),
         Binding("q", "app.quit", "Quit"),
     ]
 
     def __init__(self):
         super().__init__()
-        self.status_filter, self.sort, self.reverse, self.search = "all", "spec", False, ""
-        self.compact: bool | None = None
+        self.status_filter, self.sort, self.reverse, self.search, self.group = "all", "spec", False, "", "none"
+        self.collapsed: set[str] = set()  # group headings folded
+        self.marked: set[str] = set()
+        self.cells: dict[str, tuple[tuple, dict]] = {}  # task -> (its numbers, its cells)
+        self.order: list[str] = []  # row keys in table order
+        self.shown_tasks: list[str] = []
         self.task_width = 0
-        self.shown: list[str] = []  # task names in table order
-        self.cells: dict[str, dict] = {}  # what each row shows now, to update changed cells only
-        self.signatures: dict[str, tuple] = {}  # the task numbers behind each row's cells
 
     def compose(self) -> ComposeResult:
-        yield Static(Text("waiting for the job...", style="dim"), id="summary")
-        yield Static(id="efficiency")
-        yield Static(id="table-bar")
-        yield Input(placeholder="find tasks by name (Enter: done, Escape: clear)", id="search", compact=True)
-        yield TaskTable(id="tasks", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield TextPanel(Text("waiting for the job...", style="dim"), id="summary")
+        yield TextPanel(id="efficiency")
+        with Horizontal(id="table-bar-row"):  # the find field always there: showing it would lay out again
+            yield TextPanel(id="table-bar")
+            yield Input(placeholder="/ find by name", id="search", compact=True)
+        yield TaskList(id="tasks")
+        yield KeyFooter()
 
     def on_mount(self) -> None:
-        self.query_one("#search", Input).display = False
         self._set_columns()
-        self.query_one(TaskTable).focus()
+        self.query_one(TaskList).focus()
         self.watch(self.app, "view", self._view_changed)
 
     def on_resize(self) -> None:
-        if self.compact != (self.size.width < v.COMPACT_BELOW):
-            self._set_columns()
-            self.redraw()
+        self._set_columns()
+        self.redraw()
 
     def on_screen_resume(self) -> None:
         self.redraw()
@@ -73,23 +95,19 @@ class DashboardScreen(Screen):
         if self.is_current:  # a hidden dashboard catches up when it is shown again (on_screen_resume)
             self.redraw()
 
-    def _set_columns(self) -> None:
-        self.compact = self.size.width < v.COMPACT_BELOW
-        self.task_width = self._task_width()
-        table = self.query_one(TaskTable)
-        table.clear(columns=True)
-        for col in v.COLUMNS:
-            if col.compact or not self.compact:
-                label = f"{col.label} {'▼' if self.reverse else '▲'}" if col.key == self.sort else col.label
-                table.add_column(Text(label, justify="right" if col.key in ("loss", "metric", "params", "ratio",
-                                                                            "rate", "eta") else "left"),
-                                 key=col.key, width=col.width if col.key != "task" else self.task_width)
-        self.shown, self.cells, self.signatures = [], {}, {}
-
     def _task_width(self) -> int:
         view = self.app.view
         longest = max((len(n) for n in view.state.tasks), default=8) if view else 16
-        return max(8, min(longest, 24 if not self.compact else 18))
+        return max(8, min(longest, 24 if (self.size.width or 80) >= 120 else 18))
+
+    def _set_columns(self) -> None:
+        self.task_width = self._task_width()
+        columns = [Column(c.key, c.label, c.width, right=c.key in ("loss", "metric", "params", "ratio", "rate", "eta"))
+                   for c in v.columns_for(self.size.width or 80, self.task_width)]
+        shown = {c.key for c in columns}
+        arrow = self.sort if self.sort in shown else next(
+            (c for c, s in v.SORT_OF_COLUMN.items() if s == self.sort and c in shown), self.sort)
+        self.query_one(TaskList).set_columns(columns, (arrow, self.reverse) if self.sort != "spec" else None)
 
     def redraw(self) -> None:
         view: JobView | None = self.app.view
@@ -98,98 +116,162 @@ class DashboardScreen(Screen):
         width = self.size.width or 80
         if self.task_width != self._task_width():  # the first view: fit the task column to the names
             self._set_columns()
-        self.query_one("#summary", Static).update(v.summary_text(view, width))
-        self.query_one("#efficiency", Static).update(v.efficiency_text(view, width))
-        self.query_one("#table-bar", Static).update(self._bar_text(view))
+        self._show("#summary", v.summary_text(view, width))
+        self._show("#efficiency", v.efficiency_text(view, width))
         self._fill_table(view)
 
-    def _bar_text(self, view: JobView) -> Text:
-        text = Text()
-        text.append("filter ", style="dim").append(self.status_filter, style="bold")
-        if self.search:
-            text.append("  name ~ ", style="dim").append(self.search, style="bold")
-        text.append("  sort ", style="dim").append(f"{self.sort}{' (reversed)' if self.reverse else ''}",
-                                                    style="bold")
-        text.append(f"  {len(self.shown)} of {len(view.state.tasks)} shown", style="dim")
-        return text
+    def _show(self, selector: str, text: Text) -> None:
+        self.query_one(selector, TextPanel).update(text)
+
+    def refill(self) -> None:
+        """The table alone (and its bar), after a key that changes only what it shows."""
+        if self.app.view is not None:
+            self._fill_table(self.app.view)
+
+    def _task_cells(self, view: JobView, task) -> dict:
+        """A task's cells, rebuilt only when its numbers changed (a running task's ETA counts down)."""
+        numbers = (task.status, task.step, task.total, task.loss, task.metric, task.value, task.samples_per_s,
+                   task.updated_at, id(view.budget), task.name in view.results)
+        cached = self.cells.get(task.name)
+        if cached is not None and cached[0] == numbers and task.status not in v.ACTIVE:
+            return cached[1]
+        cells = v.task_cells(task, view.task_budget(task.name), view.clock)
+        self.cells[task.name] = (numbers, cells)
+        return cells
 
     def _fill_table(self, view: JobView) -> None:
-        table = self.query_one(TaskTable)
-        keys = [c.key for c in v.COLUMNS if c.compact or not self.compact]
         tasks = v.visible_tasks(view, self.status_filter, self.search, self.sort, self.reverse)
-        names = [t.name for t in tasks]
-        now = view.clock
-        rows = {}
-        for t in tasks:  # a finished or queued task whose numbers did not change keeps its cells
-            signature = (t.status, t.step, t.total, t.loss, t.metric, t.value, t.samples_per_s, t.updated_at,
-                         id(view.budget), t.name in view.results)
-            if signature == self.signatures.get(t.name) and t.status not in v.ACTIVE and t.name in self.cells:
-                rows[t.name] = self.cells[t.name]
-            else:
-                rows[t.name] = v.task_cells(t, view.task_budget(t.name), now)
-                self.signatures[t.name] = signature
-        if set(names) != set(self.shown):  # other rows: rebuild, keeping the cursor on its task
-            current = self.cursor_task()
-            table.clear()
-            self.cells = {}
-            for name in names:
-                table.add_row(*(rows[name][k] for k in keys), key=name)
-                self.cells[name] = dict(rows[name])
-            self.shown = names
-            if current in names:
-                table.move_cursor(row=names.index(current), animate=False)
-        else:  # same rows: change only the cells that changed
-            for name in names:
-                old = self.cells[name]
-                if old is rows[name]:
+        rows = []
+        for name, members in v.groups_of(tasks, self.group):
+            if name:
+                folded = name in self.collapsed
+                heading = Text(f"{'▸' if folded else '▾'} {name}", style="bold")
+                heading.append(f"  {len(members)} task{'s' if len(members) != 1 else ''}", style="dim")
+                marked = sum(t.name in self.marked for t in members)
+                if marked:
+                    heading.append(f", {marked} marked", style="dim")
+                rows.append(Row(GROUP + name, {"heading": heading}, heading=True))
+                if folded:
                     continue
-                for k in keys:
-                    if old.get(k) != rows[name][k]:
-                        table.update_cell(name, k, rows[name][k])
-                self.cells[name] = dict(rows[name])
-            if names != self.shown:  # same rows, new order
-                current = self.cursor_task()
-                order = {n: i for i, n in enumerate(names)}
-                table.sort("task", key=lambda cell: order[cell.plain])
-                self.shown = names
-                if current in order:
-                    table.move_cursor(row=order[current], animate=False)
-        self.query_one("#table-bar", Static).update(self._bar_text(view))
+            rows += [Row(t.name, self._task_cells(view, t), marked=t.name in self.marked) for t in members]
+        table = self.query_one(TaskList)
+        keys = [r.key for r in rows]
+        if keys != self.order:
+            table.set_rows(rows)
+            self.order = keys
+        else:  # same rows in the same order: draw again only those whose cells changed
+            for old, new in zip(table.rows, rows):
+                if old.cells is not new.cells or old.marked != new.marked or (old.heading and
+                                                                             old.cells != new.cells):
+                    table.update_row(new)
+        self.shown_tasks = [t.name for t in tasks]
+        self._show("#table-bar", self._bar_text(view, len(tasks)))
+
+    def _bar_text(self, view: JobView, shown: int) -> Text:
+        text = Text()
+        text.append("filter ", style="dim").append(self.status_filter, style="bold")
+        text.append("  sort ", style="dim").append(f"{self.sort}{' ▼' if self.reverse else ''}", style="bold")
+        if self.group != "none":
+            text.append("  group ", style="dim").append(self.group, style="bold")
+        text.append(f"  {shown} of {len(view.state.tasks)} shown", style="dim")
+        if self.marked:
+            text.append(f"  {len(self.marked)} marked", style="bold yellow")
+        return text.append("  ")
 
     def cursor_task(self) -> str | None:
-        table = self.query_one(TaskTable)
-        if not table.row_count:
-            return None
-        try:
-            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        except Exception:  # noqa: BLE001  no row under the cursor
-            return None
+        key = self.query_one(TaskList).cursor_key
+        return None if key is None or key.startswith(GROUP) else key
+
+    def targets(self) -> list[str]:
+        """What c, r and o act on: the marked tasks, else the highlighted one."""
+        if self.marked:
+            return [n for n in self.app.view.state.tasks if n in self.marked] if self.app.view else []
+        name = self.cursor_task()
+        return [name] if name else []
 
     # Actions -------------------------------------------------------------------------------------------
 
-    @on(DataTable.RowSelected)
-    def row_selected(self, event: DataTable.RowSelected) -> None:
-        self.app.open_detail(event.row_key.value)
+    @on(TaskList.Selected)
+    def row_selected(self, event: TaskList.Selected) -> None:
+        if event.key.startswith(GROUP):
+            self.collapsed ^= {event.key[len(GROUP):]}
+            self.refill()
+        else:
+            self.app.open_detail(event.key)
 
     def action_detail(self) -> None:
+        self.query_one(TaskList).action_select()
+
+    def action_log(self) -> None:
         name = self.cursor_task()
         if name:
-            self.app.open_detail(name)
+            self.app.open_detail(name, pane="log")
+
+    def action_compare(self) -> None:
+        names = self.targets()
+        if len(names) < 2:
+            self.app.notify("mark two tasks or more (space) to compare their curves", severity="warning")
+            return
+        self.app.open_detail(names[0], pane="curves", compare=names)
+
+    def action_mark(self) -> None:
+        table = self.query_one(TaskList)
+        key = table.cursor_key
+        if key is None:
+            return
+        if key.startswith(GROUP):  # a heading marks (or unmarks) its whole group
+            names = [r.key for r in table.rows if not r.heading and self._group_of(r.key) == key[len(GROUP):]]
+            if all(n in self.marked for n in names):
+                self.marked -= set(names)
+            else:
+                self.marked |= set(names)
+        else:
+            self.marked ^= {key}
+        self.refill()
+        table.action_cursor(1)
+
+    def _group_of(self, name: str) -> str:
+        task = self.app.view.state.tasks[name]
+        return getattr(task, self.group) if self.group != "none" else ""
+
+    def action_mark_all(self) -> None:
+        shown = set(self.shown_tasks)
+        self.marked = self.marked - shown if shown <= self.marked else self.marked | shown
+        self.refill()
 
     def action_cancel_task(self) -> None:
-        name = self.cursor_task()
-        if name:
-            self.app.cancel_task(name)
+        names = self.targets()
+        if names:
+            self.app.cancel_tasks(names)
 
     def action_retry(self) -> None:
-        self.app.retry_failed()
+        self.app.retry_tasks(self.targets() if self.marked else None)
 
     def action_export(self) -> None:
         self.app.export_bundle()
 
+    def action_next_failed(self, direction: int) -> None:
+        """The cursor to the next (or previous) failed task of the table, wrapping around."""
+        table = self.query_one(TaskList)
+        view = self.app.view
+        failed = [i for i, r in enumerate(table.rows) if not r.heading and view.state.tasks[r.key].status == st.FAILED]
+        if not failed:
+            hidden = sum(t.status == st.FAILED for t in view.state.tasks.values()) if view else 0
+            self.app.notify(f"no failed task in the table{f' ({hidden} hidden by the filter or a fold)' if hidden else ''}",
+                            severity="information")
+            return
+        after = [i for i in failed if (i - table.cursor) * direction > 0]
+        target = (after[0] if direction > 0 else after[-1]) if after else (failed[0] if direction > 0 else failed[-1])
+        table._move(target)
+
     def action_cycle_filter(self) -> None:
         self.status_filter = v.FILTERS[(v.FILTERS.index(self.status_filter) + 1) % len(v.FILTERS)]
-        self.redraw()
+        self.refill()
+
+    def action_cycle_group(self) -> None:
+        self.group = v.GROUPS[(v.GROUPS.index(self.group) + 1) % len(v.GROUPS)]
+        self.collapsed.clear()
+        self.refill()
 
     def action_cycle_sort(self) -> None:
         self.set_sort(v.SORTS[(v.SORTS.index(self.sort) + 1) % len(v.SORTS)], reverse=False)
@@ -200,33 +282,26 @@ class DashboardScreen(Screen):
     def set_sort(self, sort: str, reverse: bool) -> None:
         self.sort, self.reverse = sort, reverse
         self._set_columns()
-        self.redraw()
+        self.refill()
 
-    @on(DataTable.HeaderSelected)
-    def header_selected(self, event: DataTable.HeaderSelected) -> None:
-        key = {"params": "ratio", "kind": "spec", "step": "progress"}.get(event.column_key.value,
-                                                                            event.column_key.value)
+    @on(TaskList.HeaderSelected)
+    def header_selected(self, event: TaskList.HeaderSelected) -> None:
+        key = v.SORT_OF_COLUMN.get(event.column, event.column)
         if key in v.SORTS:
             self.set_sort(key, not self.reverse if key == self.sort else False)
 
     def action_search(self) -> None:
-        search = self.query_one("#search", Input)
-        search.display = True
-        search.focus()
+        self.query_one("#search", Input).focus()
 
     def action_clear_search(self) -> None:
-        search = self.query_one("#search", Input)
-        search.value = ""
-        search.display = False
-        self.query_one(TaskTable).focus()
+        self.query_one("#search", Input).value = ""
+        self.query_one(TaskList).focus()
 
     @on(Input.Changed, "#search")
     def search_changed(self, event: Input.Changed) -> None:
         self.search = event.value
-        self.redraw()
+        self.refill()
 
     @on(Input.Submitted, "#search")
     def search_done(self, _event: Input.Submitted) -> None:
-        search = self.query_one("#search", Input)
-        search.display = bool(search.value)
-        self.query_one(TaskTable).focus()
+        self.query_one(TaskList).focus()

@@ -4,9 +4,10 @@ checks and plan as `python cli.py finetune`, so a job started from the UI is one
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field, fields
 
-from orchestrator.client import JobSettings, SettingError, parse_pack
+from orchestrator.client import JobSettings, SettingError, job_flags, parse_pack
 
 EXISTING = {"new": "refuse a non-empty job directory", "resume": "resume (keep finished tasks)",
             "force": "start over (delete its results)"}
@@ -104,3 +105,22 @@ LAUNCHER_FIELD = {"tasks": "spec", "resume": "existing", "force": "existing", "c
                   "cluster.cpus": "cpus", "cluster.gpus": "gpus", "cluster.address": "address",
                   "training.device": "gpus", "training.epochs": "epochs", "training.max_steps": "max_steps",
                   "training.batch_size": "batch_size", "training.lr": "lr", "training.mode": "mode"}
+
+# The launcher's controls, as its labels name them (errors point at these, not at `finetune` flags)
+LABELS = {"backbone": "backbone", "spec": "task spec", "out": "job dir", "existing": "if it exists", "mode": "mode",
+          "cpus": "CPUs/task", "gpus": "GPU/task", "workers": "workers", "pack": "tasks per worker",
+          "epochs": "epochs", "max_steps": "max steps", "batch_size": "batch", "lr": "lr", "address": "cluster"}
+CHOICES = {"resume": EXISTING["resume"], "force": EXISTING["force"]}
+
+
+def in_launcher_words(message: str) -> str:
+    """A message from the planner or the settings checks, with each `finetune` flag the launcher has a
+    control for named as that control ("pass --resume" -> "pick 'resume (keep finished tasks)' in 'if it
+    exists'"); flags the form does not show stay as they are (they come from `tui`'s own flags)."""
+    for name, flag in sorted(job_flags().items(), key=lambda item: -len(item[1])):
+        if name in CHOICES:
+            words = f"pick '{CHOICES[name]}' in '{LABELS['existing']}'"
+            message = re.sub(rf"(?:pass |with |use )?{re.escape(flag)}(?![\w-])", words, message)
+        elif LAUNCHER_FIELD.get(name, name) in LABELS:
+            message = re.sub(rf"{re.escape(flag)}(?![\w-])", f"'{LABELS[LAUNCHER_FIELD.get(name, name)]}'", message)
+    return message

@@ -10,11 +10,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Label, Select, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
 from orchestrator.client import MODES
 from tui.dialogs import PathPicker, PathSuggester
-from tui.launch import EXISTING, LaunchError, LaunchSettings, job_settings
+from tui.keys import KeyFooter
+from tui.launch import EXISTING, LaunchError, LaunchSettings, in_launcher_words, job_settings
 BUDGET_FIELDS = ("backbone", "spec", "mode")
 PATH_FIELDS = {"backbone": ("backbone checkpoint folder", True), "spec": ("task spec (.toml or data folder)", False),
                "out": ("job directory", True)}
@@ -23,9 +24,14 @@ PATH_FIELDS = {"backbone": ("backbone checkpoint folder", True), "spec": ("task 
 class LauncherScreen(Screen):
     """Every field of a job, its parameter budget, and Start."""
 
+    TITLE = "Launcher"
+    HELP = ("Fill in a job as `finetune` would take it (the command line is shown under the budget); right "
+            "arrow accepts a path completion. Start runs it here and shows its dashboard.")
     BINDINGS = [
         Binding("ctrl+s", "start", "Start", priority=True),
         Binding("ctrl+o", "browse", "Browse"),
+        Binding("f1", "app.help", "Help"),
+        Binding("ctrl+q", "app.quit", "Quit"),
     ]
 
     def __init__(self, defaults: LaunchSettings):
@@ -60,11 +66,13 @@ class LauncherScreen(Screen):
             with Horizontal(classes="row"):
                 yield Label("packing", classes="label")
                 yield from self._small("pack", "tasks per worker", d.pack)
-            with Horizontal(classes="row"):
+            with Horizontal(classes="row"):  # three small fields a row: 80 columns hold them whole
                 yield Label("training", classes="label")
                 yield from self._small("epochs", "epochs", d.epochs)
                 yield from self._small("max_steps", "max steps", d.max_steps)
                 yield from self._small("batch_size", "batch", d.batch_size)
+            with Horizontal(classes="row"):
+                yield Label("optimiser", classes="label")
                 yield from self._small("lr", "lr", d.lr)
             yield from self._row("address", "cluster", d.address, "local (an embedded Ray on this machine), "
                                  "or HEAD_IP:6379")
@@ -78,7 +86,7 @@ class LauncherScreen(Screen):
         with Horizontal(id="launch-bar"):
             yield Button("Start", variant="success", id="start")
             yield Static("", id="launch-status")
-        yield Footer()
+        yield KeyFooter()
 
     def _row(self, name: str, label: str, value: str, placeholder: str, suggester=None):
         with Horizontal(classes="row"):
@@ -116,7 +124,7 @@ class LauncherScreen(Screen):
             command = " ".join(shlex.quote(a) for a in job_settings(self.settings()).command_line())
             text = Text.assemble(("same as: ", "dim"), (command, "dim italic"))
         except LaunchError as e:
-            text = Text(str(e), style="yellow")
+            text = Text(in_launcher_words(str(e)), style="yellow")
         self.query_one("#command", Static).update(text)
 
     def refresh_budget(self) -> None:
@@ -181,7 +189,7 @@ class LauncherScreen(Screen):
     def show_error(self, message: str, field: str | None = None) -> None:
         """A problem to fix (called by the app when the job cannot be planned)."""
         self.query_one("#start", Button).disabled = False
-        self.query_one("#launch-status", Static).update(Text(message, style="bold red"))
+        self.query_one("#launch-status", Static).update(Text(in_launcher_words(message), style="bold red"))
         if field:
             widget = self.query_one(f"#{field}")
             widget.add_class("error")
@@ -189,16 +197,18 @@ class LauncherScreen(Screen):
 
 
 def budget_text(budget, mode: str) -> Text:
-    """The launcher's budget panel: per task and in all, against N full fine-tuned copies."""
-    from tui.view import count, times
+    """The launcher's budget panel: per task and in all, against N full fine-tuned copies, in the words of
+    the dashboard's panel (what a task stores depends on its mode)."""
+    from tui.view import count, held_text, times
 
     tasks = list(budget.tasks.values())
     storage = budget.storage()
+    modes = {t.mode for t in tasks} or {mode}
     text = Text()
     text.append(f"{len(tasks)} tasks", style="bold").append(f" in mode {mode}; backbone ")
     text.append(f"{budget.backbone_params:,}", style="bold")
-    text.append(" params, held once\n" if storage.backbone_params else
-                " params, not needed: every task holds a backbone of its own\n")
+    text.append(" params, held once, read by every task\n" if storage.backbone_params else
+                " params, not stored: every task holds a backbone of its own\n")
     by_kind: dict[str, list] = {}
     for name, t in budget.tasks.items():
         by_kind.setdefault(budget.kinds.get(name, "task"), []).append(t)
@@ -210,8 +220,8 @@ def budget_text(budget, mode: str) -> Text:
         text.append(f"  {kind} x{len(group)}: ", style="dim").append(f"{span} trained params per task, ")
         text.append(rspan, style="bold").append(" of FineAll\n")
     if storage.full_copies_params:
-        held = f"backbone + {len(tasks)} patch sets" if storage.backbone_params else f"{len(tasks)} task models"
-        text.append("storage: ", style="dim").append(f"{held} = {storage.shared_params:,} params vs {len(tasks)} full "
+        text.append("storage: ", style="dim").append(f"{held_text(storage, len(tasks), modes)} = "
+                                                     f"{storage.shared_params:,} params vs {len(tasks)} full "
                                                      f"copies {storage.full_copies_params:,}: ")
         text.append(f"{100 * storage.ratio:.1f}%", style="bold green")
         text.append(f" ({times(storage.full_copies_params, storage.shared_params)})", style="dim")

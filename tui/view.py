@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from rich.text import Text
 
-from orchestrator.client import LIVE_STATUSES, JobBudget, JobState, ParamReport, TaskState
+from orchestrator.client import LIVE_STATUSES, MODES, JobBudget, JobState, ParamReport, TaskState
 from orchestrator.client import status as st
 
 STATUS_STYLE = {st.QUEUED: "dim", st.RUNNING: "bold cyan", st.RETRYING: "bold yellow", st.DONE: "green",
@@ -26,27 +26,43 @@ class Column:
     key: str
     label: str
     width: int  # content width; the table adds one cell of padding on each side
-    compact: bool = False  # shown on narrow terminals too
+    keep: int  # which columns stay when the terminal is narrow: the lowest numbers
 
 
 COLUMNS = (
-    Column("task", "task", 16, compact=True),
-    Column("kind", "kind", 8),
-    Column("status", "status", 8, compact=True),
-    Column("progress", "progress", 10, compact=True),
-    Column("step", "step", 9),
-    Column("loss", "loss", 7, compact=True),
-    Column("metric", "metric", 12, compact=True),
-    Column("params", "trained", 8),
-    Column("ratio", "% FineAll", 9, compact=True),
-    Column("rate", "samples/s", 9),
-    Column("eta", "ETA", 7, compact=True),
+    Column("task", "task", 16, 0),
+    Column("kind", "kind", 8, 10),
+    Column("status", "status", 8, 1),
+    Column("progress", "progress", 10, 3),
+    Column("step", "step", 9, 7),
+    Column("loss", "loss", 7, 4),
+    Column("metric", "metric", 12, 2),
+    Column("params", "trained", 8, 9),
+    Column("ratio", "% FineAll", 9, 6),
+    Column("rate", "samples/s", 9, 8),
+    Column("eta", "ETA", 7, 5),
 )
-# Terminal columns under which only the compact columns are shown: every column, its padding, a scrollbar.
-COMPACT_BELOW = sum(c.width + 2 for c in COLUMNS) + 2
+MARK = 2  # the task column's selection mark
+SCROLLBAR = 2
+
+
+def columns_for(width: int, task_width: int) -> list[Column]:
+    """The columns that fit `width` terminal cells (a scrollbar left over), most useful first, shown in
+    their usual order; the task column is `task_width` wide."""
+    sized = [Column(c.key, c.label, task_width if c.key == "task" else c.width, c.keep) for c in COLUMNS]
+    room, picked = width - SCROLLBAR, set()
+    for column in sorted(sized, key=lambda c: c.keep):
+        need = column.width + 2 + (MARK if column.key == "task" else 0)
+        if need <= room or column.key == "task":
+            picked.add(column.key)
+            room -= need
+    return [c for c in sized if c.key in picked]
+
 
 FILTERS = ("all", "running", "failed", "done", "queued")
-SORTS = ("spec", "task", "status", "progress", "loss", "metric", "ratio", "rate", "eta")
+SORTS = ("spec", "task", "kind", "status", "progress", "loss", "metric", "ratio", "rate", "eta")
+SORT_OF_COLUMN = {"params": "ratio", "step": "progress"}  # columns sorted by another column's numbers
+GROUPS = ("none", "status", "kind")
 ACTIVE = (st.RUNNING, st.RETRYING)
 STATUS_ORDER = {st.RUNNING: 0, st.RETRYING: 1, st.FAILED: 2, st.QUEUED: 3, st.DONE: 4}
 
@@ -66,11 +82,16 @@ class JobView:
         return self.state.status in LIVE_STATUSES
 
     def task_budget(self, name: str) -> ParamReport | None:
-        """Measured numbers of a finished task first (results.parquet), else the planned budget."""
-        row = self.results.get(name)
-        if row is not None and row.get("status") == "done" and row.get("fineall_params"):
-            return ParamReport.from_row(row)
-        return self.budget.tasks.get(name) if self.budget is not None else None
+        """Measured numbers of a finished task first (results.parquet), else the planned budget (worked out
+        once per view: a 1,000-task job asks for them on every redraw)."""
+        cache = self.__dict__.setdefault("_budgets", {})
+        if name not in cache:
+            row = self.results.get(name)
+            if row is not None and row.get("status") == "done" and row.get("fineall_params"):
+                cache[name] = ParamReport.from_row(row)
+            else:
+                cache[name] = self.budget.tasks.get(name) if self.budget is not None else None
+        return cache[name]
 
     @property
     def clock(self) -> float:
@@ -128,6 +149,11 @@ def task_fraction(task: TaskState) -> float:
     return task.step / task.total if task.total else 0.0
 
 
+def shows_numbers(task: TaskState) -> bool:
+    """A queued task has no numbers: an attempt it left (retried, interrupted) is not what it will do."""
+    return task.status != st.QUEUED
+
+
 def task_eta(task: TaskState, now: float) -> float | None:
     """Seconds left of a running task, from its own pace (steps since its start)."""
     if task.status not in (st.RUNNING, st.RETRYING) or not task.total or not task.step or not task.started_at:
@@ -141,16 +167,17 @@ def task_cells(task: TaskState, budget: ParamReport | None, now: float) -> dict[
     """Every column of one task's row."""
     style = STATUS_STYLE.get(task.status, "")
     done = task.status == st.DONE
-    value = task.value if done else task.metric
+    numbers = shows_numbers(task)
+    value = (task.value if done else task.metric) if numbers else None
     metric = METRIC_SHORT.get(task.metric_name, task.metric_name or "")
     bar_style = {st.DONE: "green", st.FAILED: "red", st.RETRYING: "yellow"}.get(task.status, "cyan")
     return {
         "task": Text(task.name, style="bold" if task.status == st.RUNNING else ""),
         "kind": task.kind,
         "status": Text(task.status, style=style),
-        "progress": bar(task_fraction(task), 10, bar_style) if task.total or done else Text(""),
-        "step": f"{task.step}/{task.total}" if task.total else "",
-        "loss": Text(number(task.loss), justify="right"),
+        "progress": bar(task_fraction(task), 10, bar_style) if numbers and (task.total or done) else Text(""),
+        "step": f"{task.step}/{task.total}" if numbers and task.total else "",
+        "loss": Text(number(task.loss if numbers else None), justify="right"),
         "metric": Text(f"{metric} {number(value)}" if value is not None else "", justify="right",
                        style="bold" if done else ""),
         "params": Text(count(budget.trained_params) if budget else "", justify="right"),
@@ -165,15 +192,17 @@ def sort_key(sort: str, task: TaskState, index: int, budget: ParamReport | None,
     missing = float("inf")
     if sort == "task":
         key = task.name
+    elif sort == "kind":
+        key = task.kind
     elif sort == "status":
         key = STATUS_ORDER.get(task.status, 9)
     elif sort == "progress":
         key = -task_fraction(task)
     elif sort == "loss":
-        key = task.loss if task.loss is not None else missing
-    elif sort == "metric":
-        value = task.value if task.status == st.DONE else task.metric
-        key = -value if value is not None else missing
+        key = task.loss if task.loss is not None and shows_numbers(task) else missing
+    elif sort == "metric":  # accuracy and mrr@5 are not one scale: by metric, then best first
+        value = task.value if task.status == st.DONE else task.metric if shows_numbers(task) else None
+        key = (task.metric_name or "", -value) if value is not None else ("~", missing)
     elif sort == "ratio":
         key = budget.ratio_vs_fineall if budget else missing
     elif sort == "rate":
@@ -195,8 +224,22 @@ def visible_tasks(view: JobView, status_filter: str = "all", text: str = "", sor
     tasks = [(i, t) for i, t in enumerate(view.state.tasks.values())
              if (wanted is None or t.status in wanted) and needle in t.name.lower()]
     now = view.clock
-    tasks.sort(key=lambda it: sort_key(sort, it[1], it[0], view.task_budget(it[1].name), now), reverse=reverse)
+    if sort != "spec" or reverse:
+        tasks.sort(key=lambda it: sort_key(sort, it[1], it[0], view.task_budget(it[1].name) if sort == "ratio"
+                                           else None, now), reverse=reverse)
     return [t for _, t in tasks]
+
+
+def groups_of(tasks: list[TaskState], group: str) -> list[tuple[str, list[TaskState]]]:
+    """The tasks by status (running first) or by kind (in order of first appearance), each group keeping
+    the tasks' order; one unnamed group when not grouping."""
+    if group == "none":
+        return [("", tasks)]
+    out: dict[str, list[TaskState]] = {}
+    for task in tasks:
+        out.setdefault(getattr(task, group), []).append(task)
+    names = sorted(out, key=lambda s: STATUS_ORDER.get(s, 9)) if group == "status" else list(out)
+    return [(name, out[name]) for name in names]
 
 
 # The job ------------------------------------------------------------------------------------------------
@@ -216,15 +259,12 @@ def job_elapsed(state: JobState, now: float) -> float | None:
 
 
 def job_eta(state: JobState, now: float) -> float | None:
-    """Seconds left: the pace since the first task started, applied to the work left."""
-    if state.status not in LIVE_STATUSES:
+    """Seconds left: the driver's ETA (the steps left over its smoothed rate of finished steps), counted
+    down since the driver measured it."""
+    eta, at = state.pace.get("eta_s"), state.pace.get("at")
+    if state.status not in LIVE_STATUSES or eta is None:
         return None
-    fraction = job_progress(state)
-    first = state.timings.get("first_start")
-    if first is None or fraction <= 0:
-        return None
-    elapsed = max(now - (state.started_at + first), 1e-9)
-    return elapsed * (1 - fraction) / fraction
+    return max(eta - max(now - (at or now), 0.0), 0.0)
 
 
 def summary_text(view: JobView, width: int = 200) -> Text:
@@ -238,9 +278,10 @@ def summary_text(view: JobView, width: int = 200) -> Text:
         head.append("  mode ", style="dim").append(state.mode, style="bold")
     head.append("  ").append(f" {state.status} ", style=f"reverse {JOB_STYLE.get(state.status, '')}")
     tally = Text()
-    for status in (st.DONE, st.RUNNING, st.QUEUED, st.FAILED):
-        n = counts.get(status, 0) + (counts.get(st.RETRYING, 0) if status == st.RUNNING else 0)
-        tally.append(f"{n}", style=STATUS_STYLE[status] if n else "dim").append(f" {status}  ", style="dim")
+    for status in (st.DONE, st.RUNNING, st.RETRYING, st.QUEUED, st.FAILED):
+        n = counts.get(status, 0)
+        if n or status != st.RETRYING:
+            tally.append(f"{n}", style=STATUS_STYLE[status] if n else "dim").append(f" {status}  ", style="dim")
     tally.append(f"of {len(state.tasks)} tasks", style="dim")
     fraction = job_progress(state)
     progress = bar(fraction, 40 if width >= 120 else 20, "green" if not view.live else "cyan")
@@ -265,11 +306,11 @@ def pack(parts: list[Text], width: int, gap: str = "   ") -> Text:
 
 
 def cluster_text(state: JobState) -> Text:
-    """Cluster resources in use (running workers x per-worker resources; a pack of tasks is one worker)
-    and aggregate throughput."""
+    """Cluster resources held by the job (workers training now x per-worker resources; a pack of tasks is
+    one worker; a retrying task waits for a worker and holds none) and its throughput."""
     cluster, res = state.cluster or {}, state.resources or {}
     running = len({(t.node, t.pid) if t.pack > 1 else t.name for t in state.tasks.values()
-                   if t.status in (st.RUNNING, st.RETRYING)})
+                   if t.status == st.RUNNING})
     text = Text()
     if cluster:
         nodes = cluster.get("nodes", 0)
@@ -281,13 +322,38 @@ def cluster_text(state: JobState) -> Text:
             text.append("  GPU ", style="dim").append(f"{gpus:g}/{cluster.get('gpus', 0):g}")
     else:
         text.append("cluster ", style="dim").append("starting" if state.status in LIVE_STATUSES else "-")
-    text.append("  throughput ", style="dim").append(f"{state.samples_per_s:,.0f} samples/s")
+    if state.status in LIVE_STATUSES:
+        text.append("  throughput ", style="dim").append(f"{state.samples_per_s:,.0f} samples/s")
     return text
 
 
+STORES = {"head": ("head", "heads"), "patches": ("patch set", "patch sets"),
+          "last_blocks": ("last-blocks copy", "last-blocks copies"), "all": ("full model", "full models")}
+
+
+def stored_words(modes) -> tuple[str, str]:
+    """What each task stores, in words that fit its mode (one, several): a patch set, a head, a copy of the
+    last blocks, a whole model; PeterZero's patch sets come with a random backbone of their own."""
+    kinds = {(MODES[m].trains, MODES[m].stores_backbone) for m in modes if m in MODES}
+    if len(kinds) != 1:
+        return "task part", "task parts"
+    ((trains, own_backbone),) = kinds
+    one, many = STORES[trains]
+    return (f"{one} + own backbone", f"{many} + own backbones") if own_backbone else (one, many)
+
+
+def held_text(storage, tasks: int, modes) -> str:
+    """'backbone + 20 patch sets', or '20 full models' when no task reads the shared backbone."""
+    one, many = stored_words(modes)
+    parts = f"{tasks} {one if tasks == 1 else many}"
+    return f"backbone + {parts}" if storage.backbone_params else parts
+
+
 def efficiency_text(view: JobView, width: int = 200) -> Text:
-    """The shared backbone (held once, when a task reads it), the patch sets so far (and planned), against N
-    full fine-tuned copies (parameter counts abbreviated, 2.77M, under 100 columns)."""
+    """The parameter budget, in words that agree with the mode and sums that add up: the shared backbone
+    (held once, when a task reads it), what each task trains and stores, and what the whole job stores
+    against one full fine-tuned model per task: planned for every task (measured for those done), so the
+    figure does not start at "1 task, larger than one full copy". Counts abbreviated under 100 columns."""
     n = (lambda x: f"{x:,}") if width >= 100 else count  # noqa: E731
     state = view.state
     names = list(state.tasks)
@@ -297,33 +363,37 @@ def efficiency_text(view: JobView, width: int = 200) -> Text:
     text = Text()
     if backbone is None:
         return text.append("parameter budget: waiting for the backbone or the first finished task", style="dim")
-    done = {name: per_task[name] for name in names if state.tasks[name].status == st.DONE and per_task[name]}
-    planned = {name: b for name, b in per_task.items() if b is not None}
-    measured, whole = JobBudget(backbone, done).storage(), JobBudget(backbone, planned).storage()
+    known = {name: b for name, b in per_task.items() if b is not None}
+    done = {name: b for name, b in known.items() if state.tasks[name].status == st.DONE}
+    modes = {b.mode for b in known.values()} or {state.mode}
+    one, many = stored_words(modes)
+    whole = JobBudget(backbone, known).storage()
     text.append("backbone   ", style="dim").append(n(backbone), style="bold")
-    text.append(" params, held once" if whole.backbone_params or not planned
-                else " params, not needed: every task holds a backbone of its own")
-    if planned:
-        ratios = [b.ratio_vs_fineall for b in planned.values()]
-        text.append("   per task ", style="dim").append(f"{sum(ratios) / len(ratios):.2f}%", style="bold")
-        text.append(" of FineAll" + (" (avg)" if len({round(r, 4) for r in ratios}) > 1 else ""))
-    text.append("\n")
-    text.append("patch sets ", style="dim").append(n(sum(b.stored_params for b in done.values())), style="bold")
-    text.append(f" params, {len(done)} of {len(names)} tasks done")
-    if len(planned) == len(names) and len(done) < len(names):
-        text.append(f"  ({n(sum(b.stored_params for b in planned.values()))} when all are)", style="dim")
+    if whole.backbone_params or not known:
+        text.append(" params, held once, read by every task")
+    else:
+        text.append(" params, not stored: every task holds a backbone of its own")
+    if known:
+        ratios = [b.ratio_vs_fineall for b in known.values()]
+        text.append("\n")
+        text.append("per task   ", style="dim").append(f"{sum(ratios) / len(ratios):.2f}%", style="bold")
+        text.append(" of FineAll's params trained" + (" (avg)" if len({round(r, 4) for r in ratios}) > 1 else ""))
+        text.append(f"; stores a {one}")
     text.append("\n")
     text.append("storage    ", style="dim")
-    if done:
-        text.append(f"{n(measured.shared_params)} params vs {len(done)} full copies {n(measured.full_copies_params)}: ")
-        text.append(f"{100 * measured.ratio:.1f}%", style="bold green")
-        text.append(f" ({times(measured.full_copies_params, measured.shared_params)})", style="dim")
-    elif planned and len(planned) == len(names):
-        text.append(f"planned {n(whole.shared_params)} params vs {len(names)} full copies "
-                    f"{n(whole.full_copies_params)}: ")
-        text.append(f"{100 * whole.ratio:.1f}%", style="bold")
-    else:
-        text.append("no task finished yet", style="dim")
+    if not known:
+        return text.append("no task finished yet", style="dim")
+    copies = f"cop{'y' if len(known) == 1 else 'ies'}"
+    text.append(f"{held_text(whole, len(known), modes)} = {n(whole.shared_params)}, ")
+    text.append(f"{100 * whole.ratio:.1f}%", style="bold green")
+    text.append(f" of {len(known)} full {copies} ({n(whole.full_copies_params)})")
+    if width >= 100:
+        text.append(f"  {times(whole.full_copies_params, whole.shared_params)}", style="dim")
+    if len(done) < len(names) or len(known) < len(names):
+        planned = " (storage: as planned)" if len(known) == len(names) else f" (storage: {len(known)} with figures)"
+        text.append("\n")
+        text.append("tasks      ", style="dim").append(f"{len(done)} of {len(names)} done, their {many} ")
+        text.append(n(sum(b.stored_params for b in done.values())), style="bold").append(planned, style="dim")
     return text
 
 

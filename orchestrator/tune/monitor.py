@@ -1,6 +1,8 @@
 """Following a search while it runs: a Tune callback feeds a SearchMonitor in the driver, which merges
 what Tune knows (each trial's status and reported scores) with the progress hub (each running trial's
-step, loss and validation metric). Displays (tui/console.py) read the monitor; they never touch Ray.
+step, loss and validation metric). Displays (tui/console.py) read the monitor; they never touch Ray. The
+monitor also rewrites OUT/trials.parquet every few seconds, so another process (`tui --tune OUT`) follows
+the search while it runs.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from ray import tune
 
 from orchestrator import state as st
-from orchestrator.tune.results import META_KEYS, trial_name
+from orchestrator.tune.results import LIVE_S, META_KEYS, live_status, trial_name, trial_row, write_trials
 
 PULL_S = 0.5  # hub snapshots at most this often
 ENDED = ("TERMINATED", "ERROR")
@@ -99,6 +101,9 @@ class SearchMonitor:
         self.ledger: dict[str, dict] = {}  # trial_id -> run_id -> [start step, last step reported]
         self.task_of: dict[str, str] = {}  # trial_id -> task
         self._version, self._pulled = 0, 0.0
+        self.out_dir = plan.out_dir
+        self.rows: dict[str, dict] = {}  # trial id -> its trials.parquet row as it stands
+        self._written = 0.0
 
     def step(self, trials) -> None:
         for trial in trials:
@@ -118,7 +123,17 @@ class SearchMonitor:
                                          value=result.get("test_value"), error="failed" if failed else None,
                                          seconds=view.seconds)
             self.statuses[key] = trial.status
+            self.rows[trial.trial_id] = trial_row(self.tasks[key[0]].metric, trial.config, trial.trial_id,
+                                                  live_status(trial.status, result), result)
         self.refresh()
+        self.write_live()
+
+    def write_live(self, force: bool = False) -> None:
+        """trials.parquet as the search stands, at most every LIVE_S seconds."""
+        now = time.monotonic()
+        if self.rows and (force or now - self._written >= LIVE_S):
+            self._written = now
+            write_trials(self.out_dir, list(self.rows.values()))
 
     def identify(self, trial) -> "TrialView | None":
         """The trial's view, made when first seen, and its entry in `identity`; None: not a trial of this

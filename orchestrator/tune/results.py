@@ -1,6 +1,8 @@
 """What a search leaves in OUT, and the one way to read it back: trials.parquet (every trial), best.json (per
 task) and tasks.toml (the input spec with each task's best overrides, ready for `finetune`). No Ray here:
 rows are plain dicts, or Trial records for readers; best_trial is the one rule for a task's best.
+While a search runs, trials.parquet is rewritten every LIVE_S seconds with each trial as it stands (status
+running or pending, score so far), so a reader follows it live; the search's end writes it one last time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pyarrow.parquet as pq
 from tasks.atomic import staged_file, write_text_atomic
 
 TRIALS_FILE, BEST_FILE, SPEC_FILE = "trials.parquet", "best.json", "tasks.toml"
+LIVE_S = 2.0  # a running search rewrites trials.parquet at most this often
 META_KEYS = ("task", "sample")  # config keys that say which trial this is; the rest are overrides
 # Trial status: done (its whole budget), stopped (early, by ASHA), failed (every attempt),
 # unfinished (the search was interrupted before it ended; --resume runs it).
@@ -75,6 +78,15 @@ def trial_row(task_metric: str, config: dict, trial_id: str, status: str, metric
             "steps_trained": steps_trained, "checkpoint": checkpoint}
 
 
+def live_status(tune_status: str, metrics: dict) -> str:
+    """A trial's status while the search runs: running, pending or paused, else what it ended as."""
+    if tune_status in ("RUNNING", "PENDING", "PAUSED"):
+        return tune_status.lower()
+    if tune_status == "ERROR":
+        return FAILED
+    return DONE if metrics.get("final") else STOPPED
+
+
 def write_trials(out_dir: Path, rows: list[dict]) -> Path:
     """All rows, by task then sample, written atomically; exactly one row per (task, sample)."""
     rows = sorted(rows, key=lambda r: (r["task"], r["sample"]))
@@ -131,7 +143,8 @@ def read_trials(out_dir: Path) -> list[Trial]:
     path = Path(out_dir) / TRIALS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (expected the trial table of a `tune` run)")
-    table = pq.read_table(path)
+    with open(path, "rb") as handle:  # one handle: a running search renames a new file in every few seconds
+        table = pq.read_table(handle)
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {list(REQUIRED)}")
@@ -191,6 +204,13 @@ class SearchResults:
         if stamp is None or stamp != self._cache[0]:
             self._cache = (stamp, read_trials(self.out_dir))
         return list(self._cache[1])
+
+    def updated_at(self) -> float | None:
+        """When trials.parquet was last written (a running search rewrites it every LIVE_S seconds)."""
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
 
     def _stamp(self):
         try:
