@@ -17,7 +17,7 @@ from peterrec.config import PatchConfig
 from peterrec.efficiency import ParamReport, param_report
 from peterrec.metrics import accuracy, parse_metric, rank_metrics_for, sample_negatives
 from peterrec.modes import TaskModel, build_task_model
-from peterrec.training import Progress, TrainConfig, TrainResult, train
+from peterrec.training import Progress, TrainConfig, TrainResult, autocast_for, train
 
 EVAL_BATCH = 512
 
@@ -47,6 +47,9 @@ OVERRIDE_KEYS = TRAIN_KEYS | PATCH_KEYS | TOP_KEYS
 
 def with_overrides(settings: FinetuneSettings, overrides: dict) -> FinetuneSettings:
     """Settings with per-task overrides (a task spec's [task.overrides] or a Tune config) applied."""
+    if "bf16" in overrides and "precision" not in overrides:  # older specs: bf16 = true | false
+        overrides = {**overrides, "precision": "bf16" if overrides["bf16"] else "fp32"}
+    overrides = {k: v for k, v in overrides.items() if k != "bf16"}
     unknown = sorted(set(overrides) - OVERRIDE_KEYS)
     if unknown:
         raise ValueError(f"unknown hyper-parameter override(s) {unknown}; known: {sorted(OVERRIDE_KEYS)}")
@@ -66,8 +69,8 @@ class TaskEvaluator:
     and every evaluation ranks against the same negatives."""
 
     def __init__(self, kind: str, metric: str, num_outputs: int, items: np.ndarray, labels: np.ndarray,
-                 negatives: int = 99, seed: int = 0):
-        self.kind, self.metric = kind, metric
+                 negatives: int = 99, seed: int = 0, precision: str = "fp32"):
+        self.kind, self.metric, self.precision = kind, metric, precision
         self.base, self.k = parse_metric(metric)
         self.items = torch.as_tensor(items)
         self.labels = torch.as_tensor(labels)
@@ -81,8 +84,9 @@ class TaskEvaluator:
     @torch.no_grad()
     def scores(self, model: TaskModel) -> torch.Tensor:
         device = next(model.parameters()).device
-        parts = [model.scores(self.items[i:i + EVAL_BATCH].to(device)).float().cpu()
-                 for i in range(0, len(self.items), EVAL_BATCH)]
+        with autocast_for(device, self.precision):
+            parts = [model.scores(self.items[i:i + EVAL_BATCH].to(device)).float().cpu()
+                     for i in range(0, len(self.items), EVAL_BATCH)]
         return torch.cat(parts) if parts else torch.empty(0)
 
     def evaluate(self, model: TaskModel) -> dict[str, float]:
@@ -148,7 +152,8 @@ def prepare_task(backbone: Backbone, task_spec, task_data, sequences, settings: 
     evaluators = {
         part: TaskEvaluator(task_spec.kind, task_spec.metric, task_spec.num_outputs,
                             *task_arrays(task_data, sequences, part, max_len),
-                            negatives=settings.eval_negatives, seed=settings.train.seed + i)
+                            negatives=settings.eval_negatives, seed=settings.train.seed + i,
+                            precision=settings.train.precision)
         for i, part in enumerate(("valid", "test"))
     }
     model = build_task_model(backbone, task_spec.kind, task_spec.num_outputs, settings.mode, settings.patch,
@@ -224,3 +229,21 @@ def measure_pack_size(backbone: Backbone, members: list[tuple], sequences, budge
         t = prepare_task(backbone, spec, data, sequences, settings)
         tasks.append(PackTask(spec.name, t.model, t.arrays, t.settings.train))
     return choose_pack_size(backbone, tasks, max_k=len(tasks), budget_s=budget_s, work_steps=work_steps)
+
+
+def measure_precision(backbone: Backbone, members: list[tuple], sequences, requested: str = "auto",
+                      budget_s: float = 2.0):
+    """`--precision auto` for a fine-tuning job: peterrec.precision.choose_precision, measured on a
+    throwaway model of the first of `members` ((task_spec, task_data, settings) each) and one of its
+    training batches, on the backbone's device and this thread count. Returns a PrecisionChoice."""
+    from peterrec.precision import choose_precision, native_bf16, step_probe
+
+    device = next(backbone.parameters()).device
+    if requested != "auto" or not members or not native_bf16(device)[0]:
+        return choose_precision(requested, device)
+    spec, data, settings = members[0]
+    task = prepare_task(backbone, spec, data, sequences, settings)
+    rows = min(task.settings.train.batch_size, len(task.arrays[1]))
+    batch = [torch.as_tensor(a[:rows]).to(device) for a in task.arrays]
+    step = step_probe(task.model, task.model.loss, batch, task.settings.train, device)
+    return choose_precision(requested, device, step, budget_s)
