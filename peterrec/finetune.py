@@ -81,7 +81,7 @@ class TaskEvaluator:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def scores(self, model: TaskModel) -> torch.Tensor:
         device = next(model.parameters()).device
         with autocast_for(device, self.precision):
@@ -131,16 +131,38 @@ class PreparedTask:
     arrays: tuple[np.ndarray, np.ndarray]
     evaluators: dict[str, TaskEvaluator]
 
+    validated: list[dict[str, float]] = field(default_factory=list)  # each validation's metrics, in order
+
     def validation(self) -> Callable[[], float] | None:
         valid = self.evaluators["valid"]
-        return (lambda: valid.value(self.model)) if len(valid) else None
+        if not len(valid):
+            return None
+
+        def metric() -> float:
+            self.validated.append(valid.evaluate(self.model))
+            return self.validated[-1][self.spec.metric]
+
+        return metric
 
     def finish(self, result: TrainResult) -> FinetuneOutcome:
-        """Evaluate the trained model on valid and test."""
-        valid = self.evaluators["valid"].evaluate(self.model)
+        """Evaluate the trained model on test, and on valid unless a validation during training already
+        saw the weights training ended with (keep-best's, or the last step's)."""
+        valid = self.validation_of_final_weights(result) or self.evaluators["valid"].evaluate(self.model)
         test = self.evaluators["test"].evaluate(self.model)
         return FinetuneOutcome(self.model, self.spec.metric, test[self.spec.metric], valid, test,
                                param_report(self.model), result)
+
+    def validation_of_final_weights(self, result: TrainResult) -> dict[str, float] | None:
+        """The metrics of the validation that ran on the final weights: the first best one under keep-best
+        (those weights were restored), else one at the last step; None when none did."""
+        history = result.history
+        if not history or len(history) != len(self.validated):
+            return None
+        if self.settings.train.keep_best:
+            best = result.best_metric
+            return next(seen for seen, h in zip(self.validated, history)
+                        if h["metric"] == best or (h["metric"] != h["metric"] and best != best))
+        return self.validated[-1] if history[-1]["step"] == result.steps else None
 
 
 def prepare_task(backbone: Backbone, task_spec, task_data, sequences, settings: FinetuneSettings) -> PreparedTask:

@@ -86,9 +86,10 @@ def build_task_model(backbone: Backbone, kind: str, num_outputs: int, mode: str 
             raise ValueError(f"finelast_blocks must lie in 1..{len(backbone.blocks)} (got {finelast_blocks})")
         for block in backbone.blocks[-finelast_blocks:]:
             block.requires_grad_(True)
+    device = next(backbone.parameters()).device
     patches = None
     if mode in PATCHED_MODES:
-        patches = TaskPatches(backbone, patch_config or PatchConfig())
-    device = next(backbone.parameters()).device
-    head = make_head(kind, backbone.config.channels, num_outputs)
-    return TaskModel(backbone, head, patches, mode, representation).to(device)
+        patches = TaskPatches(backbone, patch_config or PatchConfig()).to(device)
+    head = make_head(kind, backbone.config.channels, num_outputs).to(device)
+    # Only the new parts move: the backbone is already there (walking it costs more than the rest).
+    return TaskModel(backbone, head, patches, mode, representation)
