@@ -115,13 +115,13 @@ class ResidualBlock(nn.Module):
         h = self.conv1(x)  # (B, L, C)
         if adapter is not None:
             h = adapter.conv(0, x, h)
-        h = F.relu(self.ln1(h))
+        h = F.relu(self.ln1(h), inplace=True)  # in place: LayerNorm keeps its input, not its output
         h2 = self.conv2(h)
         if adapter is not None:
             h2 = adapter.norm2(adapter.conv(1, h, h2), self.ln2)
         else:
             h2 = self.ln2(h2)
-        return x + F.relu(h2)
+        return x + F.relu(h2, inplace=True)
 
 
 class Backbone(nn.Module):
