@@ -5,6 +5,7 @@ Run: .venv/bin/python benchmarks/bench_step.py                 (3-5 minutes on 2
      .venv/bin/python benchmarks/bench_step.py --device cuda
      .venv/bin/python benchmarks/bench_step.py --job           (adds the 1,000-task job: 5-10 minutes more)
      .venv/bin/python benchmarks/bench_step.py --profile 256   (where one fp32 step's time goes, per op)
+     .venv/bin/python benchmarks/bench_step.py --threads 1 --clock cpu   (on a machine others load)
 
 Printed, with the CPU model and its bf16 units:
 1. GEMM peaks: the best GFLOP/s of square fp32 and bf16 matmuls (1024 and 2048; 2048 and 4096 on CUDA).
@@ -14,7 +15,8 @@ Printed, with the CPU model and its bf16 units:
    gradients (4 * B*L * k*C * C each) plus the patches' forward and backward (3 * B*L * C^2 each),
    that is 30 * B*L*C^2 per block. Sides, interleaved in rounds with each keeping its best:
    - fp32 and bf16 (training.autocast_for) of the project's network;
-   - the same network with its convolutions run by nn.Conv1d on (B, C, L) (the bare reference);
+   - the same network with its convolutions run by nn.Conv1d on (B, C, L) (the bare reference), and
+     as the project ran them before DilatedConvFunction (pad + concatenated slices + one matmul);
    - "GEMMs only": the step's own matmuls alone, same shapes and count (what a perfectly fused step
      would still cost: the rest of a step's time is elementwise work, LayerNorm, copies, optimizer).
    % of peak is the counted FLOP/s over the fp32 GEMM peak (bf16 also over the bf16 peak).
@@ -65,6 +67,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -80,11 +85,11 @@ def gemm_peak(dtype: torch.dtype, device: torch.device, rounds: int) -> float:
         a @ b
         for _ in range(rounds):
             sync(device)
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             for _ in range(reps):
                 a @ b
             sync(device)
-            best = max(best, reps * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+            best = max(best, reps * 2 * n**3 / (CLOCK() - t0) / 1e9)
     return best
 
 
@@ -100,6 +105,18 @@ class ReferenceConv(nn.Module):
         return self.conv(F.pad(x.transpose(1, 2), self.padding)).transpose(1, 2)
 
 
+class CatConv(ReferenceConv):
+    """The convolution as the project had it before DilatedConvFunction: pad, k shifted slices
+    concatenated through autograd, one matmul (its backward zero-fills a padded tensor per tap)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length, (k,), (d,) = x.shape[1], self.conv.kernel_size, self.conv.dilation
+        padded = F.pad(x, (0, 0, *self.padding))  # (B, L + span, C)
+        shifted = torch.cat([padded[:, i * d:i * d + length] for i in range(k)], dim=-1)  # (B, L, k*C)
+        weight = self.conv.weight.permute(0, 2, 1).reshape(self.conv.out_channels, -1)
+        return F.linear(shifted, weight, self.conv.bias)
+
+
 def step_flops(channels: int) -> float:
     return 30.0 * BATCH * LENGTH * channels**2 * BLOCKS
 
@@ -107,13 +124,13 @@ def step_flops(channels: int) -> float:
 class StepSide:
     """One fine-tune step (peterrec, serial patches) at a channel width, precision and conv kind."""
 
-    def __init__(self, channels: int, precision: str, device: torch.device, reference: bool = False):
+    def __init__(self, channels: int, precision: str, device: torch.device, conv: type | None = None):
         torch.manual_seed(0)
         config = BackboneConfig(vocab_size=VOCAB, channels=channels, dilations=(1, 4) * (BLOCKS // 2), max_len=LENGTH)
         backbone = Backbone(config).to(device).requires_grad_(False)
-        if reference:
+        if conv is not None:  # the same weights, convolved another way
             for block in backbone.blocks:
-                block.conv1, block.conv2 = ReferenceConv(block.conv1), ReferenceConv(block.conv2)
+                block.conv1, block.conv2 = conv(block.conv1), conv(block.conv2)
         self.model = build_task_model(backbone, "classify", 4, "peterrec", PatchConfig())
         self.params = trainable_parameters(self.model)
         self.config = TrainConfig()
@@ -157,17 +174,18 @@ def race(sides: dict, device: torch.device, rounds: int, steps: int) -> dict[str
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             sync(device)
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             for _ in range(steps):
                 sides[name]()
             sync(device)
-            best[name] = min(best[name], (time.perf_counter() - t0) / steps)
+            best[name] = min(best[name], (CLOCK() - t0) / steps)
     return best
 
 
 def bench_steps(channels: int, device: torch.device, rounds: int, peaks: dict) -> None:
     sides = {"fp32": StepSide(channels, "fp32", device), "bf16": StepSide(channels, "bf16", device),
-             "nn.Conv1d fp32": StepSide(channels, "fp32", device, reference=True),
+             "nn.Conv1d fp32": StepSide(channels, "fp32", device, ReferenceConv),
+             "cat conv fp32": StepSide(channels, "fp32", device, CatConv),
              "GEMMs only fp32": GemmsOnly(channels, device)}
     steps = 20 if device.type == "cuda" else 2 if channels >= 256 else 5
     best = race(sides, device, rounds, steps)
@@ -180,8 +198,8 @@ def bench_steps(channels: int, device: torch.device, rounds: int, peaks: dict) -
         print(f"  {name:<16s} {BATCH / seconds:8.0f} samples/s  {1e3 * seconds:7.1f} ms/step  "
               f"{rate:7.1f} GFLOP/s  {100 * rate / peaks['fp32']:5.1f}% of the fp32 peak{extra}")
     print(f"  bf16 / fp32 step: {best['fp32'] / best['bf16']:.2f}x;  fp32 / nn.Conv1d: "
-          f"{best['nn.Conv1d fp32'] / best['fp32']:.2f}x;  GEMMs' share of the fp32 step: "
-          f"{100 * best['GEMMs only fp32'] / best['fp32']:.0f}%")
+          f"{best['nn.Conv1d fp32'] / best['fp32']:.2f}x;  fp32 / cat conv: {best['cat conv fp32'] / best['fp32']:.2f}x;"
+          f"  GEMMs' share of the fp32 step: {100 * best['GEMMs only fp32'] / best['fp32']:.0f}%")
 
 
 def profile_step(channels: int, device: torch.device, precision: str) -> None:
@@ -205,15 +223,21 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--channels", default="64,256", help="comma-separated widths C to measure")
     parser.add_argument("--profile", type=int, metavar="C", help="only profile one fp32 step at width C")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU time, for a machine other processes load (use with "
+                             "--threads 1: with more, waiting threads spin and count)")
     parser.add_argument("--job", action="store_true", help="also run the 1,000-task job (needs Ray)")
     parser.add_argument("--job-tasks", type=int, default=JOB_TASKS, help="tasks of the --job run")
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     native, units = native_bf16(device)
     where = cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"{where} ({units}; native bf16: {'yes' if native else 'no'}); torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
+          f"{args.clock} clock")
     if args.profile:
         profile_step(args.profile, device, "fp32")
         return
