@@ -24,26 +24,80 @@ class BlockAdapter(Protocol):
     def norm2(self, h: torch.Tensor, layer_norm: nn.LayerNorm) -> torch.Tensor: ...
 
 
+def taps(x: torch.Tensor, offsets: list[int]) -> torch.Tensor:
+    """(B, L, C) -> (B, L, k*C) whose column block i holds x[:, t + offsets[i]] (zero outside 0..L-1):
+    the k shifted copies a dilated convolution multiplies, written once, side by side."""
+    b, length, c = x.shape
+    out = x.new_empty(b, length, len(offsets), c)  # (B, L, k, C)
+    for i, o in enumerate(offsets):
+        lo, hi = min(max(0, -o), length), max(min(length, length - o), 0)  # rows t with 0 <= t + o < L
+        if lo < hi:
+            out[:, lo:hi, i].copy_(x[:, lo + o:hi + o])
+        for zeros in (slice(0, lo), slice(max(lo, hi), length)):  # fill_ with a number: the fast path
+            if zeros.start < zeros.stop:
+                out[:, zeros, i].fill_(0.0)
+    return out.view(b, length, -1)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul of x runs in: autocast's where it is on for x's device, else x's own."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+class DilatedConvFunction(torch.autograd.Function):
+    """y[t] = sum_i W_i x[t + o_i] + b over channel-last (B, L, C), as one matmul over the k taps.
+
+    Its gradient has the same form with the taps mirrored (dx[u] = sum_i W_i^T dy[u - o_i]), so both
+    directions build their taps once and run one matmul. Through autograd, padding, slicing and
+    concatenating cost a zero-filled padded tensor per tap in backward, plus their sum: more time than
+    the matmuls at C <= 256. Under autocast the taps are built and multiplied in its dtype; the
+    weight's gradient (fine-tuned or pretrained backbones only) is returned in the weight's dtype."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, offsets):
+        dtype = compute_dtype(x)
+        c_out, c_in, k = weight.shape
+        x_taps = taps(x.to(dtype), offsets)  # (B, L, k*C_in)
+        w = weight.to(dtype).permute(0, 2, 1).reshape(c_out, k * c_in)  # block i = W_i (C_out, C_in)
+        y = F.linear(x_taps, w, None if bias is None else bias.to(dtype))  # (B, L, C_out)
+        ctx.offsets, ctx.dtype, ctx.x_dtype = offsets, dtype, x.dtype
+        ctx.save_for_backward(weight, x_taps if ctx.needs_input_grad[1] else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        weight, x_taps = ctx.saved_tensors
+        c_out, c_in, k = weight.shape
+        dy = dy.to(ctx.dtype).contiguous()  # (B, L, C_out)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            w = weight.to(ctx.dtype).permute(2, 0, 1).reshape(k * c_out, c_in)  # block i = W_i
+            dx = (taps(dy, [-o for o in ctx.offsets]) @ w).to(ctx.x_dtype)  # (B, L, C_in)
+        if ctx.needs_input_grad[1]:
+            dw = dy.reshape(-1, c_out).t() @ x_taps.reshape(-1, k * c_in)  # (C_out, k*C_in)
+            dw = dw.view(c_out, k, c_in).permute(0, 2, 1).to(weight.dtype)  # (C_out, C_in, k)
+        if ctx.needs_input_grad[2]:
+            db = dy.sum((0, 1), dtype=torch.float32).to(weight.dtype)
+        return dx, dw, db, None
+
+
 class DilatedConv(nn.Module):
     """1-D dilated convolution over (B, L, C); causal pads left only, non-causal pads both sides.
 
-    Computed channel-last as one matmul over the k shifted copies of the input side by side
-    (B, L, k*C) @ (k*C, C): no (B, L, C) <-> (B, C, L) transposes, which cost more than the
-    convolution itself at these widths (1.05-1.3x faster steps on CPU, benchmarks/bench_fused.py).
-    The weights stay an nn.Conv1d's, so checkpoints are unchanged."""
+    Computed channel-last by DilatedConvFunction: no (B, L, C) <-> (B, C, L) transposes, which cost
+    more than the convolution itself at these widths, and no per-tap autograd copies. The weights stay
+    an nn.Conv1d's, so checkpoints are unchanged."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int, causal: bool):
         super().__init__()
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
         span = (kernel_size - 1) * dilation
         self.padding = (span, 0) if causal else (span // 2, span - span // 2)
+        self.offsets = [i * dilation - self.padding[0] for i in range(kernel_size)]  # x[t + o] feeds y[t]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        length, (k,), (d,) = x.shape[1], self.conv.kernel_size, self.conv.dilation
-        padded = F.pad(x, (0, 0, *self.padding))  # (B, L + span, C)
-        shifted = torch.cat([padded[:, i * d:i * d + length] for i in range(k)], dim=-1)  # (B, L, k*C)
-        weight = self.conv.weight.permute(0, 2, 1).reshape(self.conv.out_channels, -1)  # (C_out, k*C_in)
-        return F.linear(shifted, weight, self.conv.bias)  # (B, L, C)
+        return DilatedConvFunction.apply(x, self.conv.weight, self.conv.bias, self.offsets)  # (B, L, C)
 
 
 class ResidualBlock(nn.Module):
@@ -61,13 +115,13 @@ class ResidualBlock(nn.Module):
         h = self.conv1(x)  # (B, L, C)
         if adapter is not None:
             h = adapter.conv(0, x, h)
-        h = F.relu(self.ln1(h))
+        h = F.relu(self.ln1(h), inplace=True)  # in place: LayerNorm keeps its input, not its output
         h2 = self.conv2(h)
         if adapter is not None:
             h2 = adapter.norm2(adapter.conv(1, h, h2), self.ln2)
         else:
             h2 = self.ln2(h2)
-        return x + F.relu(h2)
+        return x + F.relu(h2, inplace=True)
 
 
 class Backbone(nn.Module):

@@ -19,7 +19,7 @@ from peterrec.modes import get_mode
 from peterrec.metrics import accuracy, parse_metric, rank_metrics_for, sample_negatives
 from peterrec.task_model import TaskModel, build_task_model
 from peterrec.task_state import load_task_state, save_task_state
-from peterrec.training import (Progress, TrainConfig, TrainResult, TrainState, make_optimizer, train,
+from peterrec.training import (Progress, TrainConfig, TrainResult, TrainState, autocast_for, make_optimizer, train,
                                trainable_parameters)
 
 EVAL_BATCH = 512
@@ -59,6 +59,9 @@ OVERRIDE_KEYS = TRAIN_KEYS | PATCH_KEYS | TOP_KEYS
 
 def with_overrides(settings: FinetuneSettings, overrides: dict) -> FinetuneSettings:
     """Settings with per-task overrides (a task spec's [task.overrides] or a Tune config) applied."""
+    if "bf16" in overrides and "precision" not in overrides:  # older specs: bf16 = true | false
+        overrides = {**overrides, "precision": "bf16" if overrides["bf16"] else "fp32"}
+    overrides = {k: v for k, v in overrides.items() if k != "bf16"}
     unknown = sorted(set(overrides) - OVERRIDE_KEYS)
     if unknown:
         raise ValueError(f"unknown hyper-parameter override(s) {unknown}; known: {sorted(OVERRIDE_KEYS)}")
@@ -95,8 +98,8 @@ class TaskEvaluator:
     and every evaluation ranks against the same negatives."""
 
     def __init__(self, kind: str, metric: str, num_outputs: int, items: np.ndarray, labels: np.ndarray,
-                 negatives: int = 99, seed: int = 0):
-        self.kind, self.metric = kind, metric
+                 negatives: int = 99, seed: int = 0, precision: str = "fp32"):
+        self.kind, self.metric, self.precision = kind, metric, precision
         self.base, self.k = parse_metric(metric)
         self.items = torch.as_tensor(items)
         self.labels = torch.as_tensor(labels)
@@ -107,11 +110,12 @@ class TaskEvaluator:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def scores(self, model: TaskModel) -> torch.Tensor:
         device = next(model.parameters()).device
-        parts = [model.scores(self.items[i:i + EVAL_BATCH].to(device)).float().cpu()
-                 for i in range(0, len(self.items), EVAL_BATCH)]
+        with autocast_for(device, self.precision):
+            parts = [model.scores(self.items[i:i + EVAL_BATCH].to(device)).float().cpu()
+                     for i in range(0, len(self.items), EVAL_BATCH)]
         return torch.cat(parts) if parts else torch.empty(0)
 
     def evaluate(self, model: TaskModel) -> dict[str, float]:
@@ -156,16 +160,38 @@ class PreparedTask:
     arrays: tuple[np.ndarray, np.ndarray]
     evaluators: dict[str, TaskEvaluator]
 
+    validated: list[dict[str, float]] = field(default_factory=list)  # each validation's metrics, in order
+
     def validation(self) -> Callable[[], float] | None:
         valid = self.evaluators["valid"]
-        return (lambda: valid.value(self.model)) if len(valid) else None
+        if not len(valid):
+            return None
+
+        def metric() -> float:
+            self.validated.append(valid.evaluate(self.model))
+            return self.validated[-1][self.spec.metric]
+
+        return metric
 
     def finish(self, result: TrainResult) -> FinetuneOutcome:
-        """Evaluate the trained model on valid and test."""
-        valid = self.evaluators["valid"].evaluate(self.model)
+        """Evaluate the trained model on test, and on valid unless a validation during training already
+        saw the weights training ended with (keep-best's, or the last step's)."""
+        valid = self.validation_of_final_weights(result) or self.evaluators["valid"].evaluate(self.model)
         test = self.evaluators["test"].evaluate(self.model)
         return FinetuneOutcome(self.model, self.spec.metric, test[self.spec.metric], valid, test,
                                param_report(self.model), result)
+
+    def validation_of_final_weights(self, result: TrainResult) -> dict[str, float] | None:
+        """The metrics of the validation that ran on the final weights: the first best one under keep-best
+        (those weights were restored), else one at the last step; None when none did."""
+        history = result.history
+        if not history or len(history) != len(self.validated):
+            return None
+        if self.settings.train.keep_best:
+            best = result.best_metric
+            return next(seen for seen, h in zip(self.validated, history)
+                        if h["metric"] == best or (h["metric"] != h["metric"] and best != best))
+        return self.validated[-1] if history[-1]["step"] == result.steps else None
 
 
 def prepare_task(backbone: Backbone, task_spec, task_data, sequences, settings: FinetuneSettings) -> PreparedTask:
@@ -177,7 +203,8 @@ def prepare_task(backbone: Backbone, task_spec, task_data, sequences, settings: 
     evaluators = {
         part: TaskEvaluator(task_spec.kind, task_spec.metric, task_spec.num_outputs,
                             *task_arrays(task_data, sequences, part, max_len),
-                            negatives=settings.eval_negatives, seed=settings.train.seed + i)
+                            negatives=settings.eval_negatives, seed=settings.train.seed + i,
+                            precision=settings.train.precision)
         for i, part in enumerate(("valid", "test"))
     }
     model = build_task_model(backbone, task_spec.kind, task_spec.num_outputs, settings.mode, settings.patch,
@@ -279,3 +306,21 @@ def measure_pack_size(backbone: Backbone, members: list[tuple], sequences, budge
         t = prepare_task(backbone, spec, data, sequences, settings)
         tasks.append(PackTask(spec.name, t.model, t.arrays, t.settings.train))
     return choose_pack_size(backbone, tasks, max_k=len(tasks), budget_s=budget_s, work_steps=work_steps)
+
+
+def measure_precision(backbone: Backbone, members: list[tuple], sequences, requested: str = "auto",
+                      budget_s: float = 2.0):
+    """`--precision auto` for a fine-tuning job: peterrec.precision.choose_precision, measured on a
+    throwaway model of the first of `members` ((task_spec, task_data, settings) each) and one of its
+    training batches, on the backbone's device and this thread count. Returns a PrecisionChoice."""
+    from peterrec.precision import choose_precision, native_bf16, step_probe
+
+    device = next(backbone.parameters()).device
+    if requested != "auto" or not members or not native_bf16(device)[0]:
+        return choose_precision(requested, device)
+    spec, data, settings = members[0]
+    task = prepare_task(backbone, spec, data, sequences, settings)
+    rows = min(task.settings.train.batch_size, len(task.arrays[1]))
+    batch = [torch.as_tensor(a[:rows]).to(device) for a in task.arrays]
+    step = step_probe(task.model, task.model.loss, batch, task.settings.train, device)
+    return choose_precision(requested, device, step, budget_s)

@@ -16,6 +16,7 @@ import torch
 from peterrec.backbone import Backbone
 from peterrec.bundle import Bundle
 from peterrec.fused.infer import predict_mixed
+from peterrec.training import autocast_for
 
 
 @dataclass
@@ -56,9 +57,11 @@ class MultiTaskPredictor:
     """One backbone, many tasks: each task model shares the same backbone object (FineLast / FineAll /
     PeterZero tasks own the blocks they trained). Loading is all-or-nothing."""
 
-    def __init__(self, backbone: Backbone, bundle: Bundle, task_names: list[str] | None = None, top_k: int = 10):
+    def __init__(self, backbone: Backbone, bundle: Bundle, task_names: list[str] | None = None, top_k: int = 10,
+                 precision: str = "fp32"):
         self.backbone = backbone
         self.top_k = top_k
+        self.precision = precision  # fp32 or bf16 (training.autocast_for)
         names = list(bundle.names if task_names is None else task_names)
         self.models = {name: bundle.load_task(name, backbone) for name in names}
         self.configs = {name: bundle.config(name)["task"] for name in names}
@@ -75,7 +78,9 @@ class MultiTaskPredictor:
         """items (B, L) left-padded item ids -> that task's outputs for every row (on the CPU)."""
         model = self.models[self._known(name)]
         device = next(model.parameters()).device
-        return self._outputs(name, model.scores(items.to(device)).float(), top_k)
+        with autocast_for(device, self.precision):
+            scores = model.scores(items.to(device)).float()
+        return self._outputs(name, scores, top_k)
 
     @torch.no_grad()
     def predict(self, items: torch.Tensor, tasks: list[str], top_k: int | None = None) -> list[Prediction]:
@@ -87,7 +92,7 @@ class MultiTaskPredictor:
         groups: dict[str, list[int]] = {}
         for row, name in enumerate(tasks):
             groups.setdefault(self._known(name), []).append(row)
-        scores = predict_mixed(self.backbone, self.models, items, tasks)  # one score vector per row
+        scores = predict_mixed(self.backbone, self.models, items, tasks, precision=self.precision)  # one per row
         out: list[Prediction | None] = [None] * len(tasks)
         for name, rows in groups.items():
             batch = self._outputs(name, torch.stack([scores[r] for r in rows]), top_k)

@@ -11,7 +11,7 @@ import torch
 from peterrec.backbone import Backbone
 from peterrec.config import BackboneConfig
 from peterrec.objectives import make_objective
-from peterrec.training import Progress, TrainConfig, TrainResult, train
+from peterrec.training import Progress, TrainConfig, TrainResult, autocast_for, train
 
 EVAL_BATCH = 256
 
@@ -31,8 +31,10 @@ def split_users(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, n
 
 
 @torch.no_grad()
-def mean_loss(objective: torch.nn.Module, items: np.ndarray, device: torch.device, seed: int = 0) -> float:
-    """Average objective over `items` (seeded, so cloze masks are the same before and after)."""
+def mean_loss(objective: torch.nn.Module, items: np.ndarray, device: torch.device, seed: int = 0,
+              precision: str = "fp32") -> float:
+    """Average objective over `items` (seeded, so cloze masks are the same before and after), at the
+    training's precision."""
     if len(items) == 0:
         return float("nan")
     was_training = objective.training
@@ -43,7 +45,8 @@ def mean_loss(objective: torch.nn.Module, items: np.ndarray, device: torch.devic
         torch.manual_seed(seed)
         for start in range(0, len(items), EVAL_BATCH):
             batch = torch.as_tensor(items[start:start + EVAL_BATCH]).to(device)
-            total += objective(batch).item() * len(batch)
+            with autocast_for(device, precision):
+                total += objective(batch).float().item() * len(batch)
             count += len(batch)
     objective.train(was_training)
     return total / count
@@ -117,11 +120,12 @@ def pretrain(sequences, config: BackboneConfig, train_config: TrainConfig, sampl
         train_items = window_arrays(sequences, train_rows, valid_items.shape[1], config.max_len)
     else:
         train_items = pretrain_arrays(sequences, config, train_rows)
-    before = mean_loss(objective, valid_items, device)
+    precision = train_config.precision
+    before = mean_loss(objective, valid_items, device, precision=precision)
     best = {"loss": float("inf"), "epoch": 0}
 
     def validate() -> float:  # the loop maximises its metric: the negated validation loss
-        return -mean_loss(objective, valid_items, device)
+        return -mean_loss(objective, valid_items, device, precision=precision)
 
     def stop_when_flat(progress: Progress) -> bool:
         if -progress.metric < best["loss"]:
@@ -131,7 +135,23 @@ def pretrain(sequences, config: BackboneConfig, train_config: TrainConfig, sampl
     watch = patience is not None
     result = train(objective, (train_items,), train_config, device, evaluate=validate if watch else None,
                    on_progress=on_progress, on_epoch_end=stop_when_flat if watch else None)
-    after = mean_loss(objective, valid_items, device)
+    after = mean_loss(objective, valid_items, device, precision=precision)
     curve = [{"epoch": h["epoch"] + 1, "step": h["step"], "train_loss": h["loss"], "valid_loss": -h["metric"]}
              for h in result.history]
     return PretrainOutcome(backbone, objective, result, before, after, len(train_items), curve)
+
+
+def measure_precision(sequences, config: BackboneConfig, train_config: TrainConfig, sampled_softmax: int = 0,
+                      device: torch.device | None = None, requested: str = "auto", budget_s: float = 2.0):
+    """`--precision auto` for pretraining: peterrec.precision.choose_precision, measured on a throwaway
+    backbone and objective of this shape and one batch of the users' sequences. Returns a PrecisionChoice."""
+    from peterrec.precision import choose_precision, native_bf16, step_probe
+
+    device = device or torch.device("cpu")
+    if requested != "auto" or not native_bf16(device)[0]:
+        return choose_precision(requested, device)
+    objective = make_objective(Backbone(config), sampled_softmax).to(device)
+    rows = np.arange(min(train_config.batch_size, len(sequences)))
+    batch = torch.as_tensor(pretrain_arrays(sequences, config, rows)).to(device)
+    return choose_precision(requested, device, step_probe(objective, objective, (batch,), train_config, device),
+                            budget_s)

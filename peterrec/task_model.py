@@ -102,10 +102,11 @@ def build_task_model(backbone: Backbone, kind: str, num_outputs: int, mode: str 
         backbone = task_backbone(backbone, spec.backbone)
     if UNFREEZE[spec.trains] is not None:
         UNFREEZE[spec.trains](backbone, finelast_blocks)
-    patches = TaskPatches(backbone, patch_config or PatchConfig()) if spec.patched else None
     device = next(backbone.parameters()).device
-    head = make_head(kind, backbone.config.channels, num_outputs)
-    return TaskModel(backbone, head, patches, mode, representation).to(device)
+    patches = TaskPatches(backbone, patch_config or PatchConfig()).to(device) if spec.patched else None
+    head = make_head(kind, backbone.config.channels, num_outputs).to(device)
+    # Only the new parts move: the backbone is already there (walking it costs more than the rest).
+    return TaskModel(backbone, head, patches, mode, representation)
 
 
 class _SkipValueOps(TorchFunctionMode):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from typing import Callable, Generator
 
 import numpy as np
@@ -25,6 +25,20 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context every forward pass runs in (training, evaluation, packs, probes, predict).
+
+    bf16: torch.autocast on the device, CPU or CUDA: matmuls and convolutions in bfloat16, while
+    weights, optimizer state, gradients of weights and reductions stay fp32. fp32, and an 'auto'
+    that no measurement resolved (peterrec.precision.choose_precision), run as they are."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 1
@@ -34,12 +48,17 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = 5.0
     seed: int = 0
-    bf16: bool = False  # autocast to bfloat16; only takes effect on CUDA
+    # fp32 | bf16 (autocast_for) | auto (a job resolves it with peterrec.precision.choose_precision; fp32
+    # until then). None: from the `bf16` flag older configs and bundles carry.
+    precision: str | None = None
+    bf16: InitVar[bool | None] = None  # legacy: bf16 = true reads as precision "bf16"; readable as .bf16
     eval_every: int = 0  # steps between evaluations; 0 = at the end of each epoch
     log_every: int = 10  # steps between progress callbacks
     keep_best: bool = True  # with an evaluation: restore the trained weights of the best one
 
-    def __post_init__(self):
+    def __post_init__(self, bf16: bool | None = None):
+        if self.precision is None:
+            self.precision = "bf16" if bf16 else "fp32"
         problems = [f"{n} must be >= 1 (got {v})" for n, v in
                     (("epochs", self.epochs), ("batch_size", self.batch_size), ("log_every", self.log_every))
                     if v < 1]
@@ -47,6 +66,8 @@ class TrainConfig:
             problems.append(f"max_steps must be >= 1 (got {self.max_steps})")
         if not self.lr > 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
@@ -56,6 +77,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Read-only, for code that asks the old question; dataclasses.replace passes it back as the InitVar,
+# where an explicit precision wins.
+TrainConfig.bf16 = property(lambda self: self.precision == "bf16", doc="precision == 'bf16'")
 
 
 @dataclass
@@ -152,8 +178,7 @@ def train(module: nn.Module, arrays: tuple[np.ndarray, ...], config: TrainConfig
         set_rng_state(rng, device)
     params = trainable_parameters(module)
     optimizer = optimizer or make_optimizer(params, config)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = autocast_for(device, config.precision)
     if state is not None and state.step:
         state.restore_rng(device)  # after the seeding above: where the checkpointed run left the RNG
     run = training_steps(module, params, arrays, config, device, evaluate, on_progress, start_step, on_epoch_end,

@@ -45,9 +45,10 @@ def test_patch_config_rejects_width_not_multiple_of_cardinality():
 
 
 @pytest.mark.parametrize("causal, kernel, dilation", [(True, 3, 1), (True, 3, 4), (True, 2, 3), (False, 3, 2),
-                                                     (False, 5, 1), (True, 1, 1)])
+                                                     (False, 5, 1), (True, 1, 1), (True, 3, 8), (False, 3, 8)])
 def test_dilated_conv_is_conv1d_over_the_padded_sequence(causal, kernel, dilation):
-    """The channel-last matmul form computes exactly what nn.Conv1d does on (B, C, L), gradients too."""
+    """The channel-last matmul form computes exactly what nn.Conv1d does on (B, C, L), gradients of the
+    input, weight and bias too (also where the receptive field reaches past the sequence)."""
     import torch.nn.functional as F
 
     from peterrec.backbone import DilatedConv
@@ -57,9 +58,32 @@ def test_dilated_conv_is_conv1d_over_the_padded_sequence(causal, kernel, dilatio
     x = torch.randn(3, 9, 6, requires_grad=True)
     reference = conv.conv(F.pad(x.transpose(1, 2), conv.padding)).transpose(1, 2)
     torch.testing.assert_close(conv(x), reference)
-    grads = [torch.autograd.grad(out.square().sum(), [x, conv.conv.weight]) for out in (conv(x), reference)]
+    wanted = [x, conv.conv.weight, conv.conv.bias]
+    grads = [torch.autograd.grad(out.square().sum(), wanted) for out in (conv(x), reference)]
     for mine, theirs in zip(*grads):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_dilated_conv_frozen_and_under_bf16_autocast():
+    """A frozen conv passes only the input gradient; under bf16 autocast it multiplies in bf16 and
+    hands back fp32 gradients close to the fp32 ones."""
+    import torch.nn.functional as F
+
+    from peterrec.backbone import DilatedConv
+
+    torch.manual_seed(0)
+    conv = DilatedConv(32, 3, 2, causal=True).requires_grad_(False)
+    x = torch.randn(4, 10, 32, requires_grad=True)
+    (dx,) = torch.autograd.grad(conv(x).square().sum(), [x])
+    reference = conv.conv(F.pad(x.transpose(1, 2), conv.padding)).transpose(1, 2)
+    torch.testing.assert_close(dx, torch.autograd.grad(reference.square().sum(), [x])[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    assert y.dtype == torch.bfloat16
+    (dx16,) = torch.autograd.grad(y.float().square().sum(), [x])
+    assert dx16.dtype == torch.float32
+    torch.testing.assert_close(y.float(), reference, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(dx16, dx, atol=0.2, rtol=0.05)
 
 
 def test_causal_output_ignores_future_items():

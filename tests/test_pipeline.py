@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from peterrec.config import BackboneConfig
-from peterrec.finetune import FinetuneSettings, finetune_task
+from peterrec.finetune import FinetuneSettings, finetune_task, prepare_task
 from peterrec.pretrain import pretrain
 from peterrec.training import TrainConfig
 from tasks import load_job
@@ -45,3 +45,17 @@ def test_peterrec_beats_the_majority_class_and_peterzero(world):
     majority = majority_accuracy(data[task.name])
     assert scores["peterrec"] > majority + 0.05, (scores, majority)
     assert scores["peterrec"] > scores["peterzero"], scores
+
+
+@pytest.mark.parametrize("keep_best, eval_every", [(True, 0), (False, 0), (True, 7), (False, 7)])
+def test_reported_valid_metrics_are_those_of_the_final_weights(world, keep_best, eval_every):
+    """finish() takes the valid metrics from the validation that saw the final weights, when one did:
+    they equal a fresh evaluation of the trained model."""
+    job, sequences, data, outcome = world
+    task = job.tasks[0]
+    settings = FinetuneSettings(train=TrainConfig(epochs=3, max_steps=20, batch_size=64, lr=3e-2,
+                                                  eval_every=eval_every, keep_best=keep_best))
+    done = finetune_task(outcome.backbone, task, data[task.name], sequences, settings)
+    task_prepared = prepare_task(outcome.backbone, task, data[task.name], sequences, settings)
+    assert done.valid == task_prepared.evaluators["valid"].evaluate(done.model)
+    assert len(done.result.history) >= 2

@@ -21,7 +21,7 @@ import torch
 from peterrec.backbone import Backbone
 from peterrec.fused.train import PackTask, check_packable, packed_representations, task_loss
 from peterrec.task_model import TaskModel
-from peterrec.training import make_optimizer, optimizer_step, trainable_parameters
+from peterrec.training import autocast_for, make_optimizer, optimizer_step, trainable_parameters
 
 SINGLE_STEPS = 4  # unpacked steps per measurement round (the tasks in turn); a pack K takes one step
 MIN_BUDGET_S = 0.5  # the least time measuring takes when a short job shrinks the budget
@@ -70,18 +70,21 @@ class _Probe:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def _packed_step(backbone: Backbone, probes: list[_Probe], strategy: str) -> int:
-    reps = packed_representations(backbone, [p.model for p in probes], [p.batch[0] for p in probes], strategy)
-    losses = [task_loss(p.model, rep, p.batch[1], p.negatives) for p, rep in zip(probes, reps)]
+def _packed_step(backbone: Backbone, probes: list[_Probe], strategy: str, autocast) -> int:
+    with autocast:
+        reps = packed_representations(backbone, [p.model for p in probes], [p.batch[0] for p in probes], strategy)
+        losses = [task_loss(p.model, rep, p.batch[1], p.negatives) for p, rep in zip(probes, reps)]
     torch.stack(losses).sum().backward()
     for p in probes:
         p.optimise()
     return sum(len(p.batch[0]) for p in probes)
 
 
-def _single_step(probe: _Probe) -> int:
+def _single_step(probe: _Probe, autocast) -> int:
     """The unpacked path: TaskModel.loss as training.train runs it."""
-    probe.model.loss(*probe.batch).backward()
+    with autocast:
+        loss = probe.model.loss(*probe.batch)
+    loss.backward()
     probe.optimise()
     return len(probe.batch[0])
 
@@ -117,13 +120,15 @@ def choose_pack_size(backbone: Backbone, candidate_tasks: Sequence[PackTask], ma
     device = next(backbone.parameters()).device
     limit = memory_limit if memory_limit is not None else default_memory_limit(device)
     probes = [_Probe(t, device) for t in candidate_tasks[:n]]
+    autocast = autocast_for(device, candidate_tasks[0].config.precision)  # the pack's, as train_pack runs it
     choice, notes = PackChoice(1), []
     start = time.perf_counter()
 
     turns = itertools.count()
 
     def run(k: int) -> int:  # one step of K tasks; K = 1 is unpacked training, the tasks in turn
-        rows = _single_step(probes[next(turns) % n]) if k == 1 else _packed_step(backbone, probes[:k], strategy)
+        rows = (_single_step(probes[next(turns) % n], autocast) if k == 1
+                else _packed_step(backbone, probes[:k], strategy, autocast))
         _sync(device)
         return rows
 

@@ -18,6 +18,7 @@ from peterrec.fused.patches import PackedPatches
 from peterrec.fused.train import split_representations
 from peterrec.modes import PACKABLE_MODES
 from peterrec.task_model import TaskModel
+from peterrec.training import autocast_for
 
 
 def _row_tasks(task_of_row, names: list[str]) -> torch.Tensor:
@@ -39,9 +40,11 @@ def _row_tasks(task_of_row, names: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_mixed(backbone: Backbone, task_models: Mapping[str, TaskModel], items,
-                  task_of_row: Sequence, batch_size: int = 512, strategy: str = "auto") -> list[torch.Tensor]:
+                  task_of_row: Sequence, batch_size: int = 512, strategy: str = "auto",
+                  precision: str = "fp32") -> list[torch.Tensor]:
     """Scores of each row under its own task: a list of N 1-D CPU float tensors (class logits for a
     classify task, scores over the whole target vocabulary for a coldrec task), in row order.
+    precision: fp32 or bf16 (training.autocast_for).
 
     items: (N, L) item ids (array or tensor); task_of_row: N task names (or indices into task_models).
     """
@@ -53,6 +56,12 @@ def predict_mixed(backbone: Backbone, task_models: Mapping[str, TaskModel], item
         raise ValueError(f"items must be (N, L) with N = len(task_of_row) = {len(rows_task)} "
                          f"(got shape {tuple(items.shape)})")
     device = next(backbone.parameters()).device
+    with autocast_for(device, precision):
+        return _predict(backbone, models, items, rows_task, batch_size, strategy, device)
+
+
+def _predict(backbone: Backbone, models: list[TaskModel], items: torch.Tensor, rows_task: torch.Tensor,
+             batch_size: int, strategy: str, device: torch.device) -> list[torch.Tensor]:
     out: list[torch.Tensor | None] = [None] * len(rows_task)
     fused = torch.tensor([m.mode in PACKABLE_MODES and m.backbone is backbone for m in models], dtype=torch.bool)
 

@@ -12,7 +12,6 @@ raises leaves the pack; the others go on.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -25,8 +24,8 @@ from peterrec.backbone import Backbone, user_representation
 from peterrec.fused.patches import PackedPatches
 from peterrec.modes import PACKABLE_MODES
 from peterrec.task_model import TaskModel
-from peterrec.training import (Progress, TrainConfig, TrainResult, make_optimizer, optimizer_step, trainable_parameters,
-                               training_steps)
+from peterrec.training import (Progress, TrainConfig, TrainResult, autocast_for, make_optimizer, optimizer_step,
+                               trainable_parameters, training_steps)
 
 
 
@@ -187,9 +186,8 @@ def iter_train_pack(tasks: Sequence[PackTask], device: torch.device | None = Non
     backbone = check_packable([t.model for t in tasks])
     device = device or next(backbone.parameters()).device
     if len({t.config.bf16 for t in tasks}) > 1:
-        raise ValueError("tasks in a pack must agree on bf16")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if tasks[0].config.bf16 and device.type == "cuda"
-                else contextlib.nullcontext())
+        raise ValueError("tasks in a pack must agree on precision (bf16 or not)")
+    autocast = autocast_for(device, tasks[0].config.precision)
     start = time.perf_counter()
     members = []
     for t in tasks:
