@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from peterrec.backbone import Backbone, DilatedConv  # noqa: E402
 from peterrec.bundle import open_bundle  # noqa: E402
 from peterrec.config import BackboneConfig, PatchConfig  # noqa: E402
-from peterrec.modes import build_task_model  # noqa: E402
+from peterrec.task_model import build_task_model  # noqa: E402
 from peterrec.precision import native_bf16  # noqa: E402
 from peterrec.training import TrainConfig, autocast_for, make_optimizer, optimizer_step, trainable_parameters  # noqa: E402
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peterrec.backbone import Backbone  # noqa: E402
 from peterrec.config import BackboneConfig  # noqa: E402
 from peterrec.finetune import FinetuneSettings, prepare_task  # noqa: E402
-from peterrec.modes import build_task_model  # noqa: E402
+from peterrec.task_model import build_task_model  # noqa: E402
 from peterrec.training import TrainConfig, train  # noqa: E402
 from tasks import load_job  # noqa: E402
 from tasks.synth import synthesize  # noqa: E402

@@ -15,7 +15,7 @@ from peterrec.backbone import Backbone
 from peterrec.config import BackboneConfig, PatchConfig
 from peterrec.finetune import FinetuneSettings, finetune_task, measure_precision, with_overrides
 from peterrec.fused import PackTask, train_pack
-from peterrec.modes import build_task_model
+from peterrec.task_model import build_task_model
 from peterrec.pretrain import pretrain
 from peterrec.training import TrainConfig, train
 from tasks import load_job
