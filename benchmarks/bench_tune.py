@@ -110,7 +110,8 @@ def rebuild_curves(experiment: Path) -> dict[str, list[tuple[int, float]]]:
     Each report (a line of a trial's result.json) adds the steps its run trained since that run's previous
     report, or since the run's start step. The report at which PBT exploits a trial is missing from Tune's
     result log but not from the ledger: steps of a run that the ledger has and result.json lacks are added
-    at the time of the trial's last report before them (their score unknown: the best stays as it stood)."""
+    just before the first report of the trial's next run (their score unknown: the best stays as it stood).
+    On a PBT search whose curves were also sampled live, that placement gave the same curves."""
     ledger = ledger_of(experiment)
     events = []  # (time, task, steps, best_valid or None)
     for trial in sorted(p for p in experiment.iterdir() if (p / "result.json").exists()):
@@ -122,13 +123,16 @@ def rebuild_curves(experiment: Path) -> dict[str, list[tuple[int, float]]]:
             steps = r["step"] - last.get(r["run_id"], (0, r["run_start"]))[1]
             events.append((r["timestamp"], task, steps, r.get("best_valid")))
             last[r["run_id"]] = (r["timestamp"], r["step"])
-        anchor = min((r["timestamp"] for r in reports), default=0)
+        first = {}  # run_id -> time of its first report
+        for r in reports:
+            first.setdefault(r["run_id"], r["timestamp"])
         runs = sorted(ledger.get(trial_id, {}).items(), key=lambda kv: int(kv[0].split(":")[1]))  # by attempt
-        for run_id, (start, end) in runs:
-            when, step = last.get(run_id, (anchor, start))
-            anchor = max(anchor, when)
-            if end > step:
-                events.append((anchor, task, end - step, None))
+        for i, (run_id, (start, end)) in enumerate(runs):
+            step = last.get(run_id, (0, start))[1]
+            if end > step:  # just before the trial's next run reported (the run that replaced this one)
+                after = [first[later] for later, _ in runs[i + 1:] if later in first]
+                when = after[0] - 0.5 if after else max((t for t, _ in last.values()), default=0)
+                events.append((when, task, end - step, None))
     curves: dict[str, list[tuple[int, float]]] = {}
     spent, best = {}, {}
     for _, task, steps, value in sorted(events, key=lambda e: e[0]):  # stable: a trial's own order is kept
