@@ -118,20 +118,18 @@ def rebuild_curves(experiment: Path) -> dict[str, list[tuple[int, float]]]:
         task, _, trial_id = trial.name.rsplit("-", 2)  # orchestrator.tune.search.trial_dirname
         reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
         reports = [r for r in reports if r.get("trial_id") == trial_id and "run_id" in r]
-        last: dict[str, tuple[float, int]] = {}  # run_id -> (time, step) of its latest report
+        reached, first = {}, {}  # run_id -> step of its latest report; run_id -> time of its first one
         for r in reports:
-            steps = r["step"] - last.get(r["run_id"], (0, r["run_start"]))[1]
-            events.append((r["timestamp"], task, steps, r.get("best_valid")))
-            last[r["run_id"]] = (r["timestamp"], r["step"])
-        first = {}  # run_id -> time of its first report
-        for r in reports:
+            events.append((r["timestamp"], task, r["step"] - reached.get(r["run_id"], r["run_start"]),
+                           r.get("best_valid")))
+            reached[r["run_id"]] = r["step"]
             first.setdefault(r["run_id"], r["timestamp"])
         runs = sorted(ledger.get(trial_id, {}).items(), key=lambda kv: int(kv[0].split(":")[1]))  # by attempt
         for i, (run_id, (start, end)) in enumerate(runs):
-            step = last.get(run_id, (0, start))[1]
+            step = reached.get(run_id, start)
             if end > step:  # just before the trial's next run reported (the run that replaced this one)
                 after = [first[later] for later, _ in runs[i + 1:] if later in first]
-                when = after[0] - 0.5 if after else max((t for t, _ in last.values()), default=0)
+                when = after[0] - 0.5 if after else max((r["timestamp"] for r in reports), default=0)
                 events.append((when, task, end - step, None))
     curves: dict[str, list[tuple[int, float]]] = {}
     spent, best = {}, {}
