@@ -123,6 +123,7 @@ class FinetuneJob:
             self.state.cluster = executor.start(plan, list(self.state.tasks.values()), self._timing)
             self.state.address = executor.address
             self.state.status = st.JOB_RUNNING
+            self._resolve_precision(executor)
             units = self._units(executor)
             self._drive(executor, units, on_tick)
             self.state.status = st.STOPPED if self.stopping else st.JOB_DONE
@@ -139,6 +140,25 @@ class FinetuneJob:
             if on_tick:
                 on_tick(self.state)
         return self.state
+
+    def _resolve_precision(self, executor) -> None:
+        """--precision auto, once per job: measured on a worker (its device and threads) with the first task
+        that asks for it; every such task then trains in the choice (and packs group by precision)."""
+        plan = self.plan
+        auto = [n for n in self.todo if plan.task_settings[n].train.precision == "auto"]
+        if not auto:
+            asked = plan.settings.train.precision
+            choice = {"precision": asked, "reason": f"{asked}: as asked", "samples_per_s": {}}
+        else:
+            steps = steps_per_task(auto, plan.task_settings, plan.task_data)
+            work_steps = sum(steps.values()) // executor.slots(self.state.cluster)
+            choice = executor.measure_precision(plan, auto[:1], work_steps)
+            for name in auto:
+                task = plan.task_settings[name]
+                plan.task_settings[name] = replace(task, train=replace(task.train, precision=choice["precision"]))
+            self._timing("precision_measured")
+        self.state.resources.update(precision=choice["precision"], precision_reason=choice["reason"],
+                                    precision_measured=choice["samples_per_s"])
 
     def _units(self, executor) -> list[Unit]:
         """The job's units: lone tasks, or packs of a size given or measured (--pack auto)."""
