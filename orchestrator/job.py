@@ -32,7 +32,8 @@ from orchestrator.tensorboard import JobBoard
 from orchestrator.worker import error_text
 
 TICK_S = 0.25  # the driver's loop: results, commands, display
-PERSIST_S = 0.5  # state.json (and the logs that changed) at most this often
+PERSIST_S = 0.5  # state.json (and the logs that changed) at most this often,
+PERSIST_SHARE = 0.05  # and writing it takes at most this share of the driver's time (1,000 tasks: ~0.6 MB)
 NODES_S = 2.0  # the cluster's node list at most this often (a lost node's tasks show `retrying`)
 USAGE_S = 3.0  # the cluster's use (Ray's view of its nodes) at most this often
 FAULTS_ENV = "PETERREC_FAIL_TASKS"  # "a,b:1": task a fails every attempt, b its first attempt
@@ -79,7 +80,7 @@ class FinetuneJob:
         self.stopping = False
         self.snapshot = self.state.to_dict()  # what other threads read (JobClient): replaced, never mutated
         self._seen_version = 0
-        self._persisted_at = 0.0
+        self._persisted_at = self._persist_cost = 0.0
         self._nodes_at, self._lost_nodes = 0.0, {}
         self.logs: dict[str, deque] = {name: deque(st.read_task_log(plan.job_dir, name), maxlen=st.LOG_LINES)
                                        for name in self.todo}  # a resumed job's tasks keep their earlier lines
@@ -315,7 +316,7 @@ class FinetuneJob:
         task.value = st.clean_number(fields.get("value"))
         task.error, task.seconds = fields.get("error"), fields.get("seconds")
         self._changed.add(name)
-        self._persist(force=True)
+        self._persist()  # state.json within PERSIST_S: rewriting all of it per finished task made a job O(tasks^2)
 
     def _requeue(self, names: list[str]) -> None:
         """Tasks back in the queue: the same word in the hub, this state, and results.parquet (which
@@ -417,13 +418,14 @@ class FinetuneJob:
 
     def _persist(self, force: bool = False) -> None:
         """Publish the state to this process's clients (every call) and to state.json (at most every
-        PERSIST_S, or when forced)."""
+        PERSIST_S, or as often as its writing takes PERSIST_SHARE of the time, or when forced)."""
         self.snapshot = self.state.to_dict()
         now = time.monotonic()
-        if force or now - self._persisted_at >= PERSIST_S:
+        if force or now - self._persisted_at >= max(PERSIST_S, self._persist_cost / PERSIST_SHARE):
             self._persisted_at = now
             self.state.updated_at = time.time()
             st.write_state(self.plan.job_dir, self.state)
             changed, self._logs_changed = self._logs_changed, set()
             for name in changed:
                 st.write_task_log(self.plan.job_dir, name, self.logs[name])
+            self._persist_cost = time.monotonic() - now
