@@ -1,6 +1,8 @@
 """Where a small task's time goes besides its training steps, in one process (what a Ray worker runs).
 
 Run: .venv/bin/python benchmarks/bench_task_costs.py            (about a minute on 2 CPU cores)
+     .venv/bin/python benchmarks/bench_task_costs.py --worker   (through run_task on Ray; --local: in process)
+     .venv/bin/python benchmarks/bench_task_costs.py --driver 500   (the driver recording 500 finished tasks)
      .venv/bin/python benchmarks/bench_task_costs.py --tasks 40
 
 The small task of issue 19: 60 steps of batch 64 over a C=32 backbone (4 blocks, length 50), the
@@ -196,14 +198,48 @@ def run_worker_path(job, data, sequences, backbone, settings, local: bool) -> No
     print(f"fixed cost (all but the steps): {100 * (1 - steps / (1e3 * slot_s)):.1f}% of a worker slot's time per task")
 
 
+def record_tasks(count: int) -> None:
+    """--driver N: what a job's driver does per finished task (orchestrator.results.JobOutputs.done: the
+    bundle entry and the results row, from the task state a worker ships) for N tasks in a row, in
+    milliseconds per task by fifths of the job: a cost that grows with the job shows as rising fifths."""
+    import numpy as np
+
+    from orchestrator.results import JobOutputs
+    from peterrec.bundle import backbone_fingerprint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = synthesize(Path(tmp) / "data", tasks=count, users=300, items=ITEMS, seed=0, max_len=LENGTH)
+        job, _, _ = load_job(spec)
+        torch.manual_seed(0)
+        backbone = Backbone(BackboneConfig(vocab_size=job.vocab_size, channels=CHANNELS, max_len=LENGTH))
+        outputs = JobOutputs(Path(tmp) / "job", backbone.requires_grad_(False), backbone_fingerprint(backbone))
+        settings = FinetuneSettings()
+        summary = {"mode": "peterrec", "metric": "accuracy", "value": 0.5, "valid": {}, "test": {}, "steps": STEPS,
+                   "trained_params": 1, "backbone_params": 1, "fineall_params": 1, "stored_params": 1,
+                   "ratio_vs_fineall": 1.0, "samples_per_s": 1.0}
+        seconds = []
+        for spec_ in job.tasks:
+            model = build_task_model(backbone, spec_.kind, spec_.num_outputs, settings.mode, settings.patch)
+            state = {k: v.numpy() for k, v in model.task_state_dict().items()}  # as a worker ships it
+            t0 = time.perf_counter()
+            outputs.done(spec_, settings, state, summary, 1.0, 1)
+            seconds.append(time.perf_counter() - t0)
+    fifths = np.array_split(np.array(seconds), 5)
+    print(f"{count} finished tasks recorded by the driver (JobOutputs.done), ms per task by fifths of the job: "
+          + ", ".join(f"{1e3 * f.mean():.0f}" for f in fifths))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=16, help="tasks to run (the first of the synthetic world)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--worker", action="store_true", help="through orchestrator.worker.run_task, on Ray")
     parser.add_argument("--local", action="store_true", help="with --worker: in this process, without Ray")
+    parser.add_argument("--driver", type=int, metavar="N", help="only time the driver recording N finished tasks")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.driver:
+        return record_tasks(args.driver)
     with tempfile.TemporaryDirectory() as tmp:
         spec = synthesize(Path(tmp) / "data", tasks=args.tasks, users=USERS, items=ITEMS, seed=0, max_len=LENGTH)
         job, sequences, data = load_job(spec)
