@@ -153,7 +153,11 @@ class FinetuneJob:
         else:
             steps = steps_per_task(auto, plan.task_settings, plan.task_data)
             work_steps = sum(steps.values()) // executor.slots(self.state.cluster)
-            choice = executor.measure_precision(plan, auto[:1], work_steps)
+            try:
+                choice = executor.measure_precision(plan, auto[:1], work_steps)
+            except Exception as e:  # noqa: BLE001  a speed choice: fp32 always works, so the job goes on
+                choice = {"precision": "fp32", "reason": f"fp32: measuring bf16 failed ({error_text(e)})",
+                          "samples_per_s": {}}
             for name in auto:
                 task = plan.task_settings[name]
                 plan.task_settings[name] = replace(task, train=replace(task.train, precision=choice["precision"]))

@@ -175,3 +175,19 @@ def test_pretraining_resolves_auto_and_records_it(world, tmp_path, no_bf16_units
     assert cli.main([*common, "--out", str(tmp_path / "bf16"), "--bf16"]) == 0
     info = json.loads((tmp_path / "bf16" / "config.json").read_text())["pretraining"]
     assert info["train"]["precision"] == "bf16" and info["precision_reason"] == "bf16: as asked"
+
+
+def test_a_failed_measurement_trains_fp32_and_says_so(world, tmp_path, monkeypatch):
+    import peterrec.finetune
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no step could run")
+
+    monkeypatch.setattr(peterrec.finetune, "measure_precision", broken)
+    spec, backbone = world
+    out = tmp_path / "job"
+    assert cli.main(finetune_args(spec, backbone, out, "--in-process")) == 0
+    resources = job_state(out).resources
+    assert resources["precision"] == "fp32"
+    assert resources["precision_reason"] == "fp32: measuring bf16 failed (RuntimeError: no step could run)"
+    assert set(trained_in(out).values()) == {"fp32"}
