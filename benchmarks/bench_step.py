@@ -252,13 +252,51 @@ def main(argv=None) -> None:
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
-def cli(*args, log: Path) -> None:
-    """`python cli.py ARGS`, its output appended to `log` (its tail shown if it fails)."""
+CPU_ROLES = (("hub", "ProgressHub"), ("workers", "ray::"), ("ray system", ""))  # by command line, first match
+
+
+def cli(*args, log: Path, cpu: dict | None = None) -> None:
+    """`python cli.py ARGS`, its output appended to `log` (its tail shown if it fails). With `cpu`, the CPU
+    seconds of the command's process tree go there by role: driver, workers, hub, ray system."""
+    import threading
+
+    import psutil
+
     with open(log, "a") as out:
-        done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], stdout=out,
-                              stderr=subprocess.STDOUT, cwd=ROOT)
-    if done.returncode:
-        raise SystemExit(f"cli.py {args[0]} failed (exit {done.returncode}):\n" + log.read_text()[-3000:])
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, args)], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+        seen: dict[int, tuple[str, float]] = {}
+
+        def sample() -> None:
+            try:
+                root = psutil.Process(proc.pid)
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            for p in tree:
+                try:
+                    with p.oneshot():
+                        times, line = p.cpu_times(), " ".join(p.cmdline())
+                except psutil.Error:
+                    continue
+                role = "driver" if p.pid == proc.pid else next(r for r, key in CPU_ROLES if key in line)
+                seen[p.pid] = (role, times.user + times.system)
+
+        def watch() -> None:
+            while proc.poll() is None:
+                sample()
+                time.sleep(0.5)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        if cpu is not None:
+            watcher.start()
+        returncode = proc.wait()
+        if cpu is not None:
+            watcher.join()
+            for role, seconds in seen.values():
+                cpu[role] = cpu.get(role, 0.0) + seconds
+    if returncode:
+        raise SystemExit(f"cli.py {args[0]} failed (exit {returncode}):\n" + log.read_text()[-3000:])
 
 
 def steps_alone(spec_path: Path, backbone_path: Path, tasks: int = 8) -> float:
@@ -298,9 +336,10 @@ def bench_job(tasks: int) -> None:
         cli("pretrain", "--data", data, "--out", backbone, "--channels", JOB_CHANNELS, "--epochs", 1,
             "--max-steps", 100, log=log)
         t0 = time.perf_counter()
+        cpu: dict[str, float] = {}
         cli("finetune", "--backbone", backbone, "--tasks", data, "--out", job, "--max-steps", JOB_STEPS,
             "--epochs", 1000, "--batch-size", JOB_BATCH, "--cpus-per-task", 1, "--num-cpus", JOB_WORKERS,
-            "--ui", "plain", log=log)
+            "--ui", "plain", log=log, cpu=cpu)
         wall = time.perf_counter() - t0
         rows = pq.read_table(job / "results.parquet").to_pylist()
         done = [r for r in rows if r["status"] == "done"]
@@ -316,6 +355,11 @@ def bench_job(tasks: int) -> None:
           f"so {100 * (1 - loop / per_task):.0f}% outside the loop (data, model, final evaluation, shipping, Ray)")
     print(f"  its {JOB_STEPS} steps alone, measured here after the job: {steps:.2f} s -> fixed cost "
           f"{100 * (1 - steps / per_task):.0f}% of a task (comparable only on an otherwise idle machine)")
+    total = sum(cpu.values())
+    print(f"  CPU seconds of the finetune command's processes (sampled every 0.5 s; {total:.0f} s in all, "
+          f"{JOB_WORKERS * wall:.0f} s of {JOB_WORKERS} cores): " +
+          ", ".join(f"{role} {seconds:.0f} s ({1e3 * seconds / max(len(done), 1):.0f} ms per task)"
+                    for role, seconds in sorted(cpu.items(), key=lambda kv: -kv[1])))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ store once and shared, never copied, by every worker. Example:
 
 
 def add_arguments(parser):
+    from commands._common import add_bf16_alias
     from commands._flags import add_settings_flags
     from orchestrator.settings import JobSettings
 
     groups = add_settings_flags(parser, JobSettings, unit="task")
+    add_bf16_alias(groups["training"], "training.precision")
     groups["cluster"].add_argument("--ui", choices=["rich", "plain", "tui"], default=None,
                                    help="rich: live bar and table; plain: one line per finished task; tui: the "
                                         "full-screen terminal UI (rich without a terminal) (default: rich on a "
@@ -45,7 +47,7 @@ def finetune(settings, plan, ui: str | None) -> int:
 
     from orchestrator.client import JobClient
     from orchestrator.job import FinetuneJob
-    from tui.console import make_display, pack_line, results_table
+    from tui.console import make_display, pack_line, precision_line, results_table
 
     console = Console()
     job = FinetuneJob(plan, settings.options())
@@ -54,11 +56,15 @@ def finetune(settings, plan, ui: str | None) -> int:
              if cluster.address else "an embedded Ray cluster (loopback)")
     per = "" if settings.in_process else (f"; {cluster.cpus:g} CPU + {cluster.gpus:g} GPU per "
                                           f"{'task' if settings.pack == 1 else 'worker (task or pack)'}")
+    precision_said: list = []
     header = [f"fine-tuning {len(plan.todo)} of {len(plan.tasks)} tasks in mode {plan.settings.mode} on {where}{per}"]
 
     def announce(*_) -> None:  # once the cluster is joined (or started): never a claim about one not reached
         if header:
             console.print(header.pop())
+        if "precision" in job.state.resources and not precision_said:  # resolved (--precision auto) at the start
+            precision_said.append(True)
+            console.print(precision_line(job.state.resources), highlight=False, soft_wrap=True)
 
     ui = ui or ("rich" if sys.stdout.isatty() else "plain")
     if ui == "tui":

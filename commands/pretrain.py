@@ -143,6 +143,7 @@ def check_paths(args) -> None:
 
 
 def pretrain_command(args) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     import torch
@@ -171,6 +172,9 @@ def pretrain_command(args) -> int:
     where = f"device {device}" if args.workers == 1 else f"{args.workers} Ray Train workers ({device.type})"
     console.print(f"pretraining a {config.arch} backbone on {len(sequences):,} users, {vocab_size - 1:,} items, "
                   f"{where}")
+    choice = resolve_precision(args, sequences, config, train_config, device)
+    train_config = replace(train_config, precision=choice.precision)
+    console.print(f"precision: {choice.precision} ({choice.reason})", highlight=False, soft_wrap=True)
     extra_info, extra_rows = {}, []
     with training_progress(console) as progress:
         bar = TrainingBar(progress, "pretrain")
@@ -191,7 +195,8 @@ def pretrain_command(args) -> int:
                             "sampled_softmax": args.sampled_softmax, "train": train_config.to_dict(),
                             "users": len(sequences), "steps": outcome.result.steps,
                             "valid_loss_before": outcome.valid_loss_before,
-                            "valid_loss_after": outcome.valid_loss_after, **extra_info}}
+                            "valid_loss_after": outcome.valid_loss_after, "precision_reason": choice.reason,
+                            **extra_info}}
     save_checkpoint(out, outcome.backbone, outcome.objective.output, info, force=args.force)
     table = Table(title="pretraining summary", show_header=False)
     for key, value in [("checkpoint", str(out)), ("architecture", config.arch),
@@ -203,6 +208,29 @@ def pretrain_command(args) -> int:
         table.add_row(key, value)
     console.print(table)
     return 0
+
+
+def resolve_precision(args, sequences, config, train_config, device):
+    """--precision auto, once before training (peterrec.pretrain.measure_precision): in this process for a run
+    here; for --workers N with one worker's share of the batch and one thread, as a Ray Train worker on a
+    CPU of this machine holds. A PrecisionChoice."""
+    from dataclasses import replace
+
+    import torch
+
+    from peterrec.pretrain import measure_precision
+
+    if args.workers == 1:
+        return measure_precision(sequences, config, train_config, args.sampled_softmax, device, train_config.precision)
+    from orchestrator.pretrain.ray_train import rank_batch_size
+
+    worker = replace(train_config, batch_size=rank_batch_size(train_config.batch_size, args.workers))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return measure_precision(sequences, config, worker, args.sampled_softmax, device, train_config.precision)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def pretrain_with_ray(args, sequences, config, train_config, device, bar):

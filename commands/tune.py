@@ -24,10 +24,12 @@ The training flags bound every trial and become the flags of the tuned spec's co
 
 
 def add_arguments(parser):
+    from commands._common import add_bf16_alias
     from commands._flags import add_settings_flags
     from orchestrator.settings import SearchSettings
 
     groups = add_settings_flags(parser, SearchSettings, unit="trial")
+    add_bf16_alias(groups["training"], "training.precision")
     groups["cluster"].add_argument("--ui", choices=["rich", "plain"], default=None,
                                    help="rich: live bar and table; plain: one line per finished trial (default: "
                                         "rich on a terminal, else plain)")
@@ -43,7 +45,7 @@ def run(args) -> int:
     from commands._flags import settings_from_args
     from orchestrator.settings import SearchSettings
     from orchestrator.tune import TuneSearch, plan_for
-    from tui.console import make_search_display, search_summary
+    from tui.console import make_search_display, precision_line, search_summary
 
     settings = settings_from_args(SearchSettings, args)
     command = " ".join(shlex.quote(w) for w in settings.finetune_command())
@@ -60,6 +62,9 @@ def run(args) -> int:
             def announce() -> None:  # once the cluster is joined (or started)
                 if header:
                     console.print(header.pop())
+                    if plan.precision:  # resolved (--precision auto) before the first trial
+                        console.print(precision_line({"precision_reason": plan.precision["reason"], **plan.precision}),
+                                      highlight=False, soft_wrap=True)
                     for dim in plan.space.values():
                         console.print(f"  {dim.describe()}", highlight=False)
 

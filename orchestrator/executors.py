@@ -23,7 +23,7 @@ from orchestrator.cluster import connect, lost_nodes, node_id, node_label
 from orchestrator.hub import ActorHub, LocalHub, start_hub
 from orchestrator.packing import Unit, worker_slots
 from orchestrator.shared import share, shared_backbone, shared_sequences
-from orchestrator.worker import measure_pack, run_pack, run_task, worker_device
+from orchestrator.worker import measure_pack, measure_precision, run_pack, run_task, worker_device
 
 
 class UnitLost(Exception):
@@ -52,6 +52,21 @@ def _ray_pack(refs, hub, specs, datas, settings, cpus: float, gpus: float, fails
 def _ray_measure(refs, specs, datas, settings, cpus: float, gpus: float, work_steps: int | None) -> dict:
     device = worker_device(cpus, gpus)
     return measure_pack(shared_backbone(refs, device), shared_sequences(refs), specs, datas, settings, work_steps)
+
+
+def _ray_precision(refs, specs, datas, settings, cpus: float, gpus: float, work_steps: int | None) -> dict:
+    device = worker_device(cpus, gpus)
+    return measure_precision(shared_backbone(refs, device), shared_sequences(refs), specs, datas, settings, work_steps)
+
+
+def precision_on_ray(refs, specs: list, datas: list, settings: list, cpus: float, gpus: float,
+                     work_steps: int | None = None) -> dict:
+    """--precision auto on a Ray worker holding one unit's resources (its device and threads), measured on
+    the first of these tasks: orchestrator.worker.measure_precision's record. A job and a search use it."""
+    import ray
+
+    remote = ray.remote(_ray_precision).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    return ray.get(remote.remote(refs, specs, datas, settings, cpus, gpus, work_steps))
 
 
 class RayExecutor:
@@ -139,6 +154,12 @@ class RayExecutor:
         return ray.get(remote.remote(self.refs, [plan.spec(n) for n in names], [plan.task_data[n] for n in names],
                                      [plan.task_settings[n] for n in names], o.cpus_per_task, o.gpus_per_task,
                                      work_steps))
+
+    def measure_precision(self, plan, names: list[str], work_steps: int | None) -> dict:
+        """--precision auto on a worker holding a task's resources (its device and threads)."""
+        o = self.options
+        return precision_on_ray(self.refs, [plan.spec(n) for n in names], [plan.task_data[n] for n in names],
+                                [plan.task_settings[n] for n in names], o.cpus_per_task, o.gpus_per_task, work_steps)
 
     def shutdown(self) -> None:
         if self.cluster is not None:
@@ -260,6 +281,11 @@ class LocalExecutor:
     def measure(self, plan, names: list[str], work_steps: int | None) -> dict:
         return measure_pack(self.backbone, self.sequences, [plan.spec(n) for n in names],
                             [plan.task_data[n] for n in names], [plan.task_settings[n] for n in names], work_steps)
+
+    def measure_precision(self, plan, names: list[str], work_steps: int | None) -> dict:
+        return measure_precision(self.backbone, self.sequences, [plan.spec(n) for n in names],
+                                 [plan.task_data[n] for n in names], [plan.task_settings[n] for n in names],
+                                 work_steps)
 
     def shutdown(self) -> None:
         """Cancel what has not run, ask the running unit to stop (at its next progress report), and wait."""

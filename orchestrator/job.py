@@ -32,7 +32,8 @@ from orchestrator.tensorboard import JobBoard
 from orchestrator.worker import error_text
 
 TICK_S = 0.25  # the driver's loop: results, commands, display
-PERSIST_S = 0.5  # state.json (and the logs that changed) at most this often
+PERSIST_S = 0.5  # state.json (and the logs that changed) at most this often,
+PERSIST_SHARE = 0.05  # and writing it takes at most this share of the driver's time (1,000 tasks: ~0.6 MB)
 NODES_S = 2.0  # the cluster's node list at most this often (a lost node's tasks show `retrying`)
 USAGE_S = 3.0  # the cluster's use (Ray's view of its nodes) at most this often
 FAULTS_ENV = "PETERREC_FAIL_TASKS"  # "a,b:1": task a fails every attempt, b its first attempt
@@ -79,7 +80,7 @@ class FinetuneJob:
         self.stopping = False
         self.snapshot = self.state.to_dict()  # what other threads read (JobClient): replaced, never mutated
         self._seen_version = 0
-        self._persisted_at = 0.0
+        self._persisted_at = self._persist_cost = 0.0
         self._nodes_at, self._lost_nodes = 0.0, {}
         self.logs: dict[str, deque] = {name: deque(st.read_task_log(plan.job_dir, name), maxlen=st.LOG_LINES)
                                        for name in self.todo}  # a resumed job's tasks keep their earlier lines
@@ -123,6 +124,7 @@ class FinetuneJob:
             self.state.cluster = executor.start(plan, list(self.state.tasks.values()), self._timing)
             self.state.address = executor.address
             self.state.status = st.JOB_RUNNING
+            self._resolve_precision(executor)
             units = self._units(executor)
             self._drive(executor, units, on_tick)
             self.state.status = st.STOPPED if self.stopping else st.JOB_DONE
@@ -139,6 +141,29 @@ class FinetuneJob:
             if on_tick:
                 on_tick(self.state)
         return self.state
+
+    def _resolve_precision(self, executor) -> None:
+        """--precision auto, once per job: measured on a worker (its device and threads) with the first task
+        that asks for it; every such task then trains in the choice (and packs group by precision)."""
+        plan = self.plan
+        auto = [n for n in self.todo if plan.task_settings[n].train.precision == "auto"]
+        if not auto:
+            asked = plan.settings.train.precision
+            choice = {"precision": asked, "reason": f"{asked}: as asked", "samples_per_s": {}}
+        else:
+            steps = steps_per_task(auto, plan.task_settings, plan.task_data)
+            work_steps = sum(steps.values()) // executor.slots(self.state.cluster)
+            try:
+                choice = executor.measure_precision(plan, auto[:1], work_steps)
+            except Exception as e:  # noqa: BLE001  a speed choice: fp32 always works, so the job goes on
+                choice = {"precision": "fp32", "reason": f"fp32: measuring bf16 failed ({error_text(e)})",
+                          "samples_per_s": {}}
+            for name in auto:
+                task = plan.task_settings[name]
+                plan.task_settings[name] = replace(task, train=replace(task.train, precision=choice["precision"]))
+            self._timing("precision_measured")
+        self.state.resources.update(precision=choice["precision"], precision_reason=choice["reason"],
+                                    precision_measured=choice["samples_per_s"])
 
     def _units(self, executor) -> list[Unit]:
         """The job's units: lone tasks, or packs of a size given or measured (--pack auto)."""
@@ -295,7 +320,7 @@ class FinetuneJob:
         task.value = st.clean_number(fields.get("value"))
         task.error, task.seconds = fields.get("error"), fields.get("seconds")
         self._changed.add(name)
-        self._persist(force=True)
+        self._persist()  # state.json within PERSIST_S: rewriting all of it per finished task made a job O(tasks^2)
 
     def _requeue(self, names: list[str]) -> None:
         """Tasks back in the queue: the same word in the hub, this state, and results.parquet (which
@@ -397,13 +422,14 @@ class FinetuneJob:
 
     def _persist(self, force: bool = False) -> None:
         """Publish the state to this process's clients (every call) and to state.json (at most every
-        PERSIST_S, or when forced)."""
+        PERSIST_S, or as often as its writing takes PERSIST_SHARE of the time, or when forced)."""
         self.snapshot = self.state.to_dict()
         now = time.monotonic()
-        if force or now - self._persisted_at >= PERSIST_S:
+        if force or now - self._persisted_at >= max(PERSIST_S, self._persist_cost / PERSIST_SHARE):
             self._persisted_at = now
             self.state.updated_at = time.time()
             st.write_state(self.plan.job_dir, self.state)
             changed, self._logs_changed = self._logs_changed, set()
             for name in changed:
                 st.write_task_log(self.plan.job_dir, name, self.logs[name])
+            self._persist_cost = time.monotonic() - now

@@ -2,7 +2,7 @@
 
 A pack is one unit of work that trains its members in one forward pass over the shared backbone per step
 (peterrec.fused). Only tasks over the shared frozen backbone can share a pass (modes.PACKABLE_MODES), and
-members share one bf16 setting; every other task runs alone, as without packing.
+members share one precision (fp32 or bf16); every other task runs alone, as without packing.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def plan_units(names: list[str], settings: dict, steps: dict[str, int], k: int, 
     steps; k: the most tasks per pack; slots: how many units can run at once.
     Packs never leave slots idle: K is lowered to ceil(packable / slots) when that is smaller, and
     the packable tasks are spread over as few packs as K allows, in sizes that differ by at most one.
-    Within each bf16 setting, packed tasks are sorted by training steps (longest first) so a pack's
+    Within each precision, packed tasks are sorted by training steps (longest first) so a pack's
     members finish together; units then run longest first. With k = 1 every task runs alone, in
     spec order.
     """
@@ -67,10 +67,10 @@ def plan_units(names: list[str], settings: dict, steps: dict[str, int], k: int, 
         return [Unit([n]) for n in names]
     pack_these = set(packable_names(names, settings))
     alone = [[n] for n in names if n not in pack_these]
-    groups: dict[bool, list[str]] = {}
+    groups: dict[str, list[str]] = {}
     for n in names:
         if n in pack_these:
-            groups.setdefault(settings[n].train.bf16, []).append(n)
+            groups.setdefault(settings[n].train.precision, []).append(n)
     packs = []
     for members in groups.values():
         members.sort(key=lambda n: -steps[n])

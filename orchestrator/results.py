@@ -3,7 +3,9 @@ finishes) and JOB_DIR/bundle/ (a patch set + head per task, written by peterrec.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,7 +52,7 @@ def write_results(job_dir: Path, rows: list[dict]) -> Path:
     """Write all rows (sorted by task) to results.parquet via a temporary file and a rename."""
     path = results_path(job_dir)
     rows = sorted(rows, key=lambda r: r["task"])
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)  # the schema's columns; a missing key is null
     with staged_file(path) as staging:
         pq.write_table(table, staging)
     return path
@@ -91,9 +93,9 @@ class JobOutputs:
         return row["status"] if row else None
 
     def done(self, task_spec, settings, model, summary: dict, seconds: float, attempts: int) -> dict:
-        """`model`: the trained TaskModel, or its task state {name: array} to load into a fresh one."""
+        """`model`: the trained TaskModel, or its task state {name: array} as a worker ships it."""
         if not hasattr(model, "task_state_dict"):
-            model = task_model_from_state(self.backbone, task_spec, settings, model)
+            model = TrainedTask.from_state(settings, model)
         self._write_bundle(task_spec, settings, model, summary)
         return self._put(done_row(task_spec, summary, seconds, attempts))
 
@@ -124,16 +126,31 @@ class JobOutputs:
                    self.backbone.config, target_raw_ids=target_raw_ids(task_spec))
 
 
-def task_model_from_state(backbone, task_spec, settings, state: dict):
-    """A TaskModel over `backbone` holding the given task tensors (numpy arrays or tensors)."""
-    import torch
+@dataclass
+class TrainedTask:
+    """A trained task as a worker ships it (its tensors) with what peterrec.bundle.write_task reads of a
+    TaskModel (mode, patch config, representation, task_state_dict), so the driver records it without
+    building a model: that cost it tens of milliseconds a task, which a 1,000-task job's workers lost on
+    the cores they share with it. write_task still checks the tensors against a model built for the
+    settings (shapes only)."""
 
-    from peterrec.task_model import build_task_model
+    mode: str
+    patches: object | None  # has .config (PatchConfig) when the mode is patched
+    representation: str
+    tensors: dict
 
-    model = build_task_model(backbone, task_spec.kind, task_spec.num_outputs, settings.mode, settings.patch,
-                             settings.finelast_blocks, settings.representation, seed=settings.train.seed)
-    model.load_task_state_dict({k: torch.tensor(v) for k, v in state.items()})  # copies: v may be read-only
-    return model.eval()
+    @classmethod
+    def from_state(cls, settings, state: dict) -> "TrainedTask":
+        import torch
+
+        from peterrec.modes import get_mode
+
+        patches = SimpleNamespace(config=settings.patch) if get_mode(settings.mode).patched else None
+        return cls(settings.mode, patches, settings.representation,
+                   {k: torch.tensor(v) for k, v in state.items()})  # copies: v may be read-only
+
+    def task_state_dict(self) -> dict:
+        return self.tensors
 
 
 def target_raw_ids(task_spec) -> list[str] | None:

@@ -274,6 +274,22 @@ def measure_pack(backbone, sequences, task_specs: list, task_datas: list, settin
             "samples_per_s": {str(k): round(v, 1) for k, v in choice.samples_per_s.items()}}
 
 
+def measure_precision(backbone, sequences, task_specs: list, task_datas: list, settings: list[FinetuneSettings],
+                      work_steps: int | None = None) -> dict:
+    """The precision for `--precision auto`, measured with this worker's threads and device on the first
+    of these tasks: {"precision", "reason", "samples_per_s"}."""
+    from peterrec.finetune import measure_precision as measure
+
+    choice = measure(backbone, list(zip(task_specs, task_datas, settings)), sequences, "auto", work_steps=work_steps)
+    return precision_record(choice)
+
+
+def precision_record(choice) -> dict:
+    """A peterrec.precision.PrecisionChoice as state.json and search.json record it."""
+    return {"precision": choice.precision, "reason": choice.reason,
+            "samples_per_s": {k: round(v, 1) for k, v in choice.samples_per_s.items()}}
+
+
 def error_text(error: BaseException) -> str:
     """The exception a user should see: for Ray's wrappers, the task's own exception."""
     cause = getattr(error, "cause", None)

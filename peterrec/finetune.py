@@ -309,10 +309,11 @@ def measure_pack_size(backbone: Backbone, members: list[tuple], sequences, budge
 
 
 def measure_precision(backbone: Backbone, members: list[tuple], sequences, requested: str = "auto",
-                      budget_s: float = 2.0):
+                      budget_s: float = 2.0, work_steps: int | None = None):
     """`--precision auto` for a fine-tuning job: peterrec.precision.choose_precision, measured on a
     throwaway model of the first of `members` ((task_spec, task_data, settings) each) and one of its
-    training batches, on the backbone's device and this thread count. Returns a PrecisionChoice."""
+    training batches, on the backbone's device and this thread count; work_steps: the task-steps the job
+    will run per worker (a short job measures for less time). Returns a PrecisionChoice."""
     from peterrec.precision import choose_precision, native_bf16, step_probe
 
     device = next(backbone.parameters()).device
@@ -323,4 +324,4 @@ def measure_precision(backbone: Backbone, members: list[tuple], sequences, reque
     rows = min(task.settings.train.batch_size, len(task.arrays[1]))
     batch = [torch.as_tensor(a[:rows]).to(device) for a in task.arrays]
     step = step_probe(task.model, task.model.loss, batch, task.settings.train, device)
-    return choose_precision(requested, device, step, budget_s)
+    return choose_precision(requested, device, step, budget_s, work_steps=work_steps)

@@ -21,6 +21,7 @@ from peterrec.training import (PRECISIONS, TrainConfig, autocast_for, make_optim
 
 CPU_BF16_UNITS = ("amx_bf16", "avx512_bf16", "sve_bf16", "bf16")  # torch.cpu.get_capabilities() keys
 MIN_ROUNDS = 2
+WORK_SHARE = 0.02  # the most of a job's fp32 training time a measurement may take
 
 
 @dataclass
@@ -64,13 +65,14 @@ def step_probe(module: nn.Module, loss_fn: Callable[..., torch.Tensor], batch: S
 
 
 def choose_precision(requested: str, device: torch.device, step: Callable[[str], int] | None = None,
-                     budget_s: float = 2.0, min_gain: float = 1.1) -> PrecisionChoice:
+                     budget_s: float = 2.0, min_gain: float = 1.1, work_steps: int | None = None) -> PrecisionChoice:
     """fp32 or bf16 for `requested` (auto | fp32 | bf16); an explicit fp32 or bf16 is kept as asked.
 
     `auto` is bf16 only where native_bf16(device) holds and `step` (step_probe over a throwaway copy of
     the job's model and one of its batches) runs at least min_gain faster in bf16. Other processes may
     share the cores, so the two are measured interleaved, in rounds within budget_s, and each keeps
-    its best round (at least MIN_ROUNDS)."""
+    its best round (at least MIN_ROUNDS). work_steps: the steps the job will train per worker; a short
+    job measures for at most WORK_SHARE of their time (a test job's few steps are not worth seconds)."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {requested!r})")
     if requested != "auto":
@@ -84,7 +86,10 @@ def choose_precision(requested: str, device: torch.device, step: Callable[[str],
     for precision in sides:  # warm-up: allocation, kernel selection, bf16 weight casts
         step(precision)
     best, rows, start, rounds = {p: float("inf") for p in sides}, {}, time.perf_counter(), 0
-    while rounds < MIN_ROUNDS or time.perf_counter() - start + sum(best.values()) <= budget_s:
+    def budget() -> float:
+        return budget_s if work_steps is None else min(budget_s, WORK_SHARE * work_steps * best["fp32"])
+
+    while rounds < MIN_ROUNDS or time.perf_counter() - start + sum(best.values()) <= budget():
         for precision in sides if rounds % 2 == 0 else sides[::-1]:
             t0 = time.perf_counter()
             rows[precision] = step(precision)

@@ -53,18 +53,28 @@ class TaskPredictions:
         return Prediction(self.task, self.kind, items=self.items[i], scores=self.scores[i], names=names)
 
 
+def trained_precision(adapter_config: dict) -> str:
+    """fp32 or bf16: what a bundle's task trained in (its adapter_config.json settings; an older bundle's
+    bf16 flag reads too, and an unresolved 'auto' ran as fp32)."""
+    train = (adapter_config.get("settings") or {}).get("train") or {}
+    precision = train.get("precision") or ("bf16" if train.get("bf16") else "fp32")
+    return "bf16" if precision == "bf16" else "fp32"
+
+
 class MultiTaskPredictor:
     """One backbone, many tasks: each task model shares the same backbone object (FineLast / FineAll /
     PeterZero tasks own the blocks they trained). Loading is all-or-nothing."""
 
     def __init__(self, backbone: Backbone, bundle: Bundle, task_names: list[str] | None = None, top_k: int = 10,
-                 precision: str = "fp32", stack_once: bool = True):
+                 precision: str | None = None, stack_once: bool = True):
         self.backbone = backbone
         self.top_k = top_k
-        self.precision = precision  # fp32 or bf16 (training.autocast_for)
         names = list(bundle.names if task_names is None else task_names)
         self.models = {name: bundle.load_task(name, backbone) for name in names}
-        self.configs = {name: bundle.config(name)["task"] for name in names}
+        adapter_configs = {name: bundle.config(name) for name in names}
+        self.configs = {name: c["task"] for name, c in adapter_configs.items()}
+        # fp32 or bf16 (training.autocast_for) per task: as it trained, unless `precision` says otherwise
+        self.precisions = {name: precision or trained_precision(c) for name, c in adapter_configs.items()}
         # Every task's patches stacked once (peterrec.fused.stacked) at the first predict; stack_once=False
         # restacks the tasks of each batch instead (the training path, PackedPatches: for comparison).
         self.stack_once, self._stacked = stack_once, None
@@ -81,7 +91,7 @@ class MultiTaskPredictor:
         """items (B, L) left-padded item ids -> that task's outputs for every row (on the CPU)."""
         model = self.models[self._known(name)]
         device = next(model.parameters()).device
-        with autocast_for(device, self.precision):
+        with autocast_for(device, self.precisions[name]):
             scores = model.scores(items.to(device)).float()
         return self._outputs(name, scores, top_k)
 
@@ -97,8 +107,15 @@ class MultiTaskPredictor:
             groups.setdefault(self._known(name), []).append(row)
         if self.stack_once and self._stacked is None:
             self._stacked = stacked_for(self.backbone, self.models)
-        scores = predict_mixed(self.backbone, self.models, items, tasks, precision=self.precision,
-                               stacked=self._stacked)  # one per row
+        scores: list = [None] * len(tasks)  # one per row
+        by_precision: dict[str, list[int]] = {}
+        for row, name in enumerate(tasks):
+            by_precision.setdefault(self.precisions[name], []).append(row)
+        for precision, rows in by_precision.items():  # each task at the precision it trained in
+            part = items if len(rows) == len(tasks) else items[rows]
+            for row, row_scores in zip(rows, predict_mixed(self.backbone, self.models, part, [tasks[r] for r in rows],
+                                                           precision=precision, stacked=self._stacked)):
+                scores[row] = row_scores
         out: list[Prediction | None] = [None] * len(tasks)
         for name, rows in groups.items():
             batch = self._outputs(name, torch.stack([scores[r] for r in rows]), top_k)

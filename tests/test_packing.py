@@ -12,7 +12,7 @@ from support import finetune_args, make_world, task_names
 
 
 def settings(mode="peterrec", bf16=False):
-    return SimpleNamespace(mode=mode, train=SimpleNamespace(bf16=bf16))
+    return SimpleNamespace(mode=mode, train=SimpleNamespace(precision="bf16" if bf16 else "fp32"))
 
 
 def test_parse_pack():

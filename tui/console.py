@@ -199,6 +199,12 @@ def pack_line(resources: dict) -> str:
     return line + (f" (--pack {resources.get('pack')}: {reason})" if reason else "")
 
 
+def precision_line(record: dict) -> str:
+    """What a job or a search trains in (--precision), from the record of its resolution (the reason
+    carries the measured rates when `auto` measured)."""
+    return f"precision: {record['precision']} ({record.get('precision_reason', 'as asked')})"
+
+
 # A search ------------------------------------------------------------------------------------------
 
 def short_config(config: dict) -> str:

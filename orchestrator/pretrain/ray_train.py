@@ -35,7 +35,7 @@ from tasks.atomic import write_json_atomic
 RUN_NAME = "pretrain"  # Ray Train's run directory inside the storage
 SETTINGS_FILE = "peterrec-pretrain.json"
 TASK = "pretrain"  # the one task of the progress hub
-RESUMABLE = ("epochs", "max_steps", "bf16", "log_every")  # train settings a resumed run may change
+RESUMABLE = ("epochs", "max_steps", "bf16", "precision", "log_every")  # train settings a resumed run may change
 POLL_S = 0.25
 
 

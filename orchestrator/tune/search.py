@@ -43,6 +43,7 @@ class SearchPlan:
     points: list[dict]  # every trial's config, in submission order
     identity: dict  # what search.json records
     resume: bool
+    precision: dict | None = None  # --precision auto's resolution ("precision", "reason", "samples_per_s")
     lock: object = field(default=None, repr=False)
 
     @property
@@ -84,8 +85,10 @@ def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOpti
                 "samples": options.samples, "scheduler": options.scheduler, "search": options.search,
                 "evals": options.evals}
     saved = out_dir / SEARCH_FILE
+    resolved = None
     if resume and saved.exists():
         check_same_search(saved, identity)
+        resolved = json.loads(saved.read_text()).get("precision")  # a resumed search keeps its precision
     elif resume and out_dir.is_dir() and any(p.name != ".lock" for p in out_dir.iterdir()):
         raise FileNotFoundError(f"{out_dir} holds no search to resume ({SEARCH_FILE} is missing)")
     lock = take_job_dir(out_dir)
@@ -94,9 +97,9 @@ def plan_search(spec_path, backbone_path, out_dir, settings, options: SearchOpti
         shutil.rmtree(out_dir / "bundle", ignore_errors=True)  # --export's
         for name in (SEARCH_FILE, TRIALS_FILE, BEST_FILE, SPEC_FILE):
             (out_dir / name).unlink(missing_ok=True)
-    write_json_atomic(saved, identity)
+    write_json_atomic(saved, {**identity, **({"precision": resolved} if resolved else {})})
     return SearchPlan(out_dir, job, sequences, task_data, backbone, Path(backbone_path), settings, tasks, space,
-                      points, identity, resume, lock)
+                      points, identity, resume, resolved, lock)
 
 
 def plan_for(settings: SearchSettings) -> SearchPlan:
@@ -172,6 +175,7 @@ class TuneSearch:
 
         plan, options = self.plan, self.options
         refs = share(plan.backbone, plan.sequences)  # one put of each for the whole search
+        self._resolve_precision(refs)
         hub = ActorHub(start_hub([TaskState(trial_name(p["task"], p["sample"]), plan.job.task(p["task"]).kind,
                                             plan.job.task(p["task"]).metric) for p in plan.points]))
         inputs = TrialInputs(refs, {t.name: (t, ray.put(plan.task_data[t.name])) for t in plan.tasks}, plan.settings,
@@ -190,6 +194,31 @@ class TuneSearch:
         finally:
             activate(None)
         return self._write(grid, monitor)
+
+    def _resolve_precision(self, refs) -> None:
+        """--precision auto, once for the whole search before any trial: measured on a worker holding a
+        trial's resources with the first task, recorded in search.json (a resumed search keeps its choice);
+        every trial, and --export, trains in it."""
+        from dataclasses import replace
+
+        from orchestrator.executors import precision_on_ray
+
+        plan, options = self.plan, self.options
+        asked = plan.settings.train.precision
+        if asked != "auto":
+            plan.precision = {"precision": asked, "reason": f"{asked}: as asked", "samples_per_s": {}}
+        elif plan.precision is None:
+            from peterrec.finetune import with_overrides
+
+            first = plan.tasks[0]
+            settings = with_overrides(plan.settings, first.overrides or {})
+            steps = settings.train.total_steps(len(plan.task_data[first.name].part("train")[1]))
+            plan.precision = precision_on_ray(refs, [first], [plan.task_data[first.name]], [settings],
+                                              options.cpus_per_trial, options.gpus_per_trial,
+                                              work_steps=steps * len(plan.points))
+        write_json_atomic(plan.out_dir / SEARCH_FILE, {**plan.identity, "precision": plan.precision})
+        plan.settings = replace(plan.settings, train=replace(plan.settings.train,
+                                                             precision=plan.precision["precision"]))
 
     def _tuner(self, trainable):
         import random

@@ -12,6 +12,7 @@ Everything here reads JSON and safetensors only: nothing in a bundle is ever unp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -164,10 +165,22 @@ def build_from_config(backbone: Backbone, config: dict) -> TaskModel:
 
 def expected_task(backbone_config: BackboneConfig, config: dict) -> tuple[dict[str, dict], dict]:
     """({name: {dtype, shape}} the task state of this config must hold, its parameter report), from a
-    model built on the meta device: no memory, no backbone weights needed."""
+    model built on the meta device: no memory, no backbone weights needed. Remembered per shape (what
+    builds the model, less its seed): a job's driver asks it for every task it records, and building
+    even a meta model costs tens of milliseconds."""
+    shape = {k: config.get(k) for k in ("mode", "patch", "finelast_blocks", "representation")}
+    key = json.dumps([backbone_config.to_dict(), config["task"]["kind"], num_outputs(config), shape], sort_keys=True)
+    wanted, report = _expected_task(key)
+    return json.loads(wanted), json.loads(report)  # fresh copies: callers may change them
+
+
+@functools.lru_cache(maxsize=256)
+def _expected_task(key: str) -> tuple[str, str]:
+    backbone_config, kind, outputs, shape = json.loads(key)
+    config = {**shape, "seed": 0, "task": {"kind": kind, "num_classes": outputs, "target_vocab": outputs}}
     with shapes_only():
-        model = build_from_config(Backbone(backbone_config), config)
-    return describe(model.task_state_dict()), param_report(model).to_dict()
+        model = build_from_config(Backbone(BackboneConfig.from_dict(backbone_config)), config)
+    return json.dumps(describe(model.task_state_dict())), json.dumps(param_report(model).to_dict())
 
 
 def describe(tensors: dict[str, torch.Tensor]) -> dict[str, dict]:

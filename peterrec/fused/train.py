@@ -185,8 +185,8 @@ def iter_train_pack(tasks: Sequence[PackTask], device: torch.device | None = Non
         raise ValueError(f"task names in a pack must be unique (got {names})")
     backbone = check_packable([t.model for t in tasks])
     device = device or next(backbone.parameters()).device
-    if len({t.config.bf16 for t in tasks}) > 1:
-        raise ValueError("tasks in a pack must agree on precision (bf16 or not)")
+    if len({t.config.precision for t in tasks}) > 1:
+        raise ValueError("tasks in a pack must agree on precision (fp32 or bf16)")
     autocast = autocast_for(device, tasks[0].config.precision)
     start = time.perf_counter()
     members = []
