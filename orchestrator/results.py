@@ -131,7 +131,8 @@ def task_model_from_state(backbone, task_spec, settings, state: dict):
     from peterrec.task_model import build_task_model
 
     model = build_task_model(backbone, task_spec.kind, task_spec.num_outputs, settings.mode, settings.patch,
-                             settings.finelast_blocks, settings.representation, seed=settings.train.seed)
+                             settings.finelast_blocks, settings.representation, seed=settings.train.seed,
+                             input_len=settings.input_len)
     model.load_task_state_dict({k: torch.tensor(v) for k, v in state.items()})  # copies: v may be read-only
     return model.eval()
 

@@ -16,7 +16,7 @@ from peterrec.backbone import Backbone
 from peterrec.config import REPRESENTATIONS, PatchConfig
 from peterrec.efficiency import ParamReport, param_report
 from peterrec.modes import get_mode
-from peterrec.metrics import accuracy, parse_metric, rank_metrics_for, sample_negatives
+from peterrec.metrics import accuracy, parse_metric, rank_metrics_for, row_values, sample_negatives
 from peterrec.task_model import TaskModel, build_task_model
 from peterrec.task_state import load_task_state, save_task_state
 from peterrec.training import (Progress, TrainConfig, TrainResult, TrainState, autocast_for, make_optimizer, train,
@@ -137,6 +137,14 @@ class TaskEvaluator:
         if self.kind == "classify":
             return {"accuracy": accuracy(scores, self.labels)}
         return rank_metrics_for(scores, self.labels, self.negatives, self.k)
+
+    def row_values(self, model: TaskModel) -> np.ndarray:
+        """The task metric of each row (metrics.row_values): what a bootstrap over users resamples."""
+        was_training = model.training
+        model.eval()
+        scores = self.scores(model)
+        model.train(was_training)
+        return row_values(self.metric, scores, self.labels, self.negatives)
 
     def value(self, model: TaskModel) -> float:
         return self.evaluate(model)[self.metric]
