@@ -29,29 +29,8 @@ def _done(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] == "done" and r["value"] is not None]
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
-    values = np.asarray(values, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
 def _pct(value: float) -> str:
     return f"{value:.2g}%" if value < 1 else f"{value:.1f}%"
-
-
-def _ratio_cell(rows: list[dict], tasks: list[str]) -> str:
-    """Trained parameters as % of FineAll: one value when every task agrees (to the shown digits),
-    else one per task kind (a cold-start head is a whole target-item table, a classifier head is tiny)."""
-    by_kind = {}
-    for task in tasks:
-        values = [r["ratio_vs_fineall"] for r in rows if r["task"] == task and r["ratio_vs_fineall"] is not None]
-        if values:
-            kind = next(r["kind"] for r in rows if r["task"] == task)
-            by_kind.setdefault(kind, []).append(float(np.mean(values)))
-    shown = {kind: _pct(float(np.mean(v))) for kind, v in by_kind.items()}
-    if len(set(shown.values())) <= 1:
-        return next(iter(shown.values()), "")
-    return " · ".join(f"{v} ({kind})" for kind, v in sorted(shown.items(), key=lambda kv: kv[0] != "coldrec"))
 
 
 # Metrics over all test users, with confidence intervals ----------------------------------------------------
@@ -137,11 +116,15 @@ def arch_table(summary: dict, arch: str, methods: list[str], tasks: list[str]) -
         if not any(row):
             continue
         shown = [format_ci(c) if c else "" for c in row]
-        ratios = {(summary["kinds"].get(t), _pct(c["ratio"])) for t, c in zip(tasks, row) if c and c["ratio"] is not None}
-        if len({r for _, r in ratios}) > 1:
-            ratio = " · ".join(f"{r} ({k})" for k, r in sorted(ratios, key=lambda kr: kr[0] != "coldrec"))
+        by_kind = defaultdict(list)  # a cold-start head is a whole target table, a classifier's is tiny
+        for t, c in zip(tasks, row):
+            if c and c["ratio"] is not None:
+                by_kind[summary["kinds"].get(t)].append(c["ratio"])
+        ratios = {k: _pct(float(np.mean(v))) for k, v in by_kind.items()}
+        if len(set(ratios.values())) > 1:
+            ratio = " · ".join(f"{r} ({k})" for k, r in sorted(ratios.items(), key=lambda kr: kr[0] != "coldrec"))
         else:
-            ratio = next(iter(ratios))[1] if ratios else "-"
+            ratio = next(iter(ratios.values()), "-")
         label = _name(name) if name in methods else f"*{_name(name)}*"
         lines.append("| " + " | ".join([label, *shown, ratio]) + " |")
     return "\n".join(lines)
