@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an earlier reproduction in OUT")
     grid = parser.add_argument_group("grid and settings (defaults: the documented ones; docs/RESULTS.md)")
     grid.add_argument("--methods", default=None, help="comma-separated subset of finecls, finelast, fineall, "
-                                                      "peterrec_serial, peterrec_parallel, peterzero")
+                                                      "peterrec_serial, peterrec_parallel, peterzero (the default "
+                                                      "grid), and peterrec_emb (PeterRec + a rank-4 embedding "
+                                                      "patch, not the paper's)")
     grid.add_argument("--tasks", default=None, help="comma-separated subset of coldrec, gender, age (--movielens) or "
                                                     "of the data directory's tasks (--data; default: all of them)")
     grid.add_argument("--archs", default=None, help="comma-separated subset of noncausal, causal")

@@ -149,6 +149,9 @@ class Backbone(nn.Module):
         With config.mask_padding the padding positions stay zero after every block: they then act as the
         convolution's own zero padding, so a real position's state does not depend on the padding."""
         x = self.embedding(items)  # (B, L, C); the padding row is zero
+        embed = getattr(adapters, "embed", None)
+        if embed is not None:  # a task's embedding patch (patches.EmbeddingPatch)
+            x = embed(items, x)
         keep = (items != self.config.pad_id).unsqueeze(-1).to(x.dtype) if self.config.mask_padding else None
         for i, block in enumerate(self.blocks):
             x = block(x, None if adapters is None else adapters.block(i), keep)

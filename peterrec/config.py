@@ -112,6 +112,11 @@ class PatchConfig:
     insertion: str = "serial"  # a key of INSERTIONS
     train_layernorm2: bool = True  # the reference code also trains each block's second LayerNorm
     init_std: float = 1e-3  # W_up starts this small, so a fresh patch is near identity
+    # A task's low-rank change of the frozen item embedding, E[i] + A[i] @ B (A: vocab x r, starts at zero):
+    # per-item weights learnt from the task's labels, which a frozen embedding cannot give (issue 14's
+    # findings: the only PeterRec variant above the majority class on ML-100K age). 0 = the paper's patches
+    # only (the embedding stays untouched).
+    embedding_rank: int = 0
 
     def __post_init__(self):
         problems = []
@@ -123,6 +128,8 @@ class PatchConfig:
             problems.append(f"insertion must be one of {', '.join(INSERTIONS)} (got {self.insertion!r})")
         if self.init_std < 0:
             problems.append(f"init_std must be >= 0 (got {self.init_std})")
+        if self.embedding_rank < 0:
+            problems.append(f"embedding_rank must be >= 0 (got {self.embedding_rank})")
         _check(problems, "PatchConfig")
 
     def width(self, channels: int) -> int:
@@ -135,7 +142,10 @@ class PatchConfig:
         return width
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.embedding_rank:  # as bundles written before the field had it
+            del d["embedding_rank"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PatchConfig":

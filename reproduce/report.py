@@ -239,11 +239,11 @@ def selection_markdown(rows: list[dict], config) -> tuple[dict[str, float], str]
 # The plot ---------------------------------------------------------------------------------------------------
 
 MARKERS = {"finecls": "v", "finelast": "s", "fineall": "o", "peterrec_serial": "*", "peterrec_parallel": "P",
-           "peterzero": "X"}
+           "peterzero": "X", "peterrec_emb": "D"}
 COLOURS = {"noncausal": "tab:blue", "causal": "tab:orange"}
 # PeterRec (both insertions) and PeterZero train the same number of parameters: their markers are spread
 # by a few percent along x so that none hides another.
-NUDGE = {"peterrec_serial": 0.93, "peterrec_parallel": 1.0, "peterzero": 1.075}
+NUDGE = {"peterrec_serial": 0.93, "peterrec_parallel": 1.0, "peterzero": 1.075, "peterrec_emb": 1.0}
 
 
 def tradeoff_plot(summary: dict, path: Path, tasks: list[str] | None = None) -> Path:

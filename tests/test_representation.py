@@ -99,3 +99,37 @@ def test_old_checkpoint_configs_keep_their_meaning_and_fingerprint_fields():
     config = BackboneConfig.from_dict(old)
     assert config.mask_padding is False and config.to_dict() == old
     assert BackboneConfig(vocab_size=V).to_dict()["mask_padding"] is True
+
+
+def test_embedding_patch_starts_as_the_pretrained_model_trains_and_packs():
+    from peterrec.config import PatchConfig
+    from peterrec.fused import PackTask, train_pack
+
+    b = backbone()
+    plain = build_task_model(b, "classify", 3, "peterrec", seed=1)
+    patched = build_task_model(b, "classify", 3, "peterrec", PatchConfig(embedding_rank=2), seed=1)
+    assert {"patches.embedding.a.weight", "patches.embedding.b"} <= set(patched.task_state_dict())
+    x = torch.randint(0, V, (6, L))
+    with torch.no_grad():  # A starts at zero: the same vector as without the embedding patch
+        patched.patches.blocks.load_state_dict(plain.patches.blocks.state_dict())
+        patched.head.load_state_dict(plain.head.state_dict())
+        torch.testing.assert_close(patched(x), plain(x))
+    rng = np.random.default_rng(0)
+    items, labels = rng.integers(1, V, (24, L)), rng.integers(0, 3, 24)
+    config = TrainConfig(epochs=1, batch_size=8, lr=1e-2)
+
+    def fresh(seed):
+        return build_task_model(b, "classify", 3, "peterrec", PatchConfig(embedding_rank=2), seed=seed)
+
+    alone = [fresh(s) for s in (1, 2)]
+    for m in alone:
+        train(m, (items, labels), config, torch.device("cpu"), loss_fn=m.loss)
+    assert alone[0].patches.embedding.a.weight.abs().sum() > 0  # trained
+    assert alone[0].patches.embedding.a.weight[0].abs().sum() == 0  # padding row untouched
+    packed = [fresh(s) for s in (1, 2)]
+    outcomes = train_pack([PackTask(f"t{i}", m, (items, labels), config) for i, m in enumerate(packed)],
+                          strategy="group")
+    assert all(o.ok for o in outcomes.values())
+    for a, p in zip(alone, packed):  # a pack gives each task the weights it gets alone
+        for name, tensor in a.task_state_dict().items():
+            torch.testing.assert_close(p.task_state_dict()[name], tensor, rtol=1e-4, atol=1e-5)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import cli
-from reproduce.grid import METHODS, Cell, ReproduceConfig, grid_cells, method
+from reproduce.grid import DEFAULT_METHODS, METHODS, Cell, ReproduceConfig, grid_cells, method
 from reproduce.pipeline import prepare_out
 from reproduce.report import arch_table, select_lrs, summarise, table_markdown, tradeoff_plot
 
@@ -56,7 +56,7 @@ def test_grid_cells_cover_every_combination_and_fold_costliest_first():
     assert len(cells) == 6 * 3 * 2 * 3
     assert len({c.name() for c in cells}) == len(cells)
     assert cells[0].name() == "coldrec__fineall__s0__f0" and cells[-1].name() == "gender__finecls__s1__f2"
-    assert {c.method.name for c in cells} == {m.name for m in METHODS}
+    assert {c.method.name for c in cells} == set(DEFAULT_METHODS) == {m.name for m in METHODS} - {"peterrec_emb"}
     swept = grid_cells(ReproduceConfig(seeds=1), lrs=[1e-3, 3e-4], folds=1)
     assert len(swept) == 6 * 3 * 2 and "age__peterzero__lr0.0003__s0__f0" in {c.name(tag_lr=True) for c in swept}
 
@@ -68,6 +68,7 @@ def test_cell_overrides_are_the_cell_settings():
                                                    "lr": 5e-4, "epochs": 7, "batch_size": config.batch_size}
     assert cell.overrides(config, "coldrec")["epochs"] == 3
     assert cell.overrides(config, "coldrec")["input_len"] == config.coldrec_input_len < config.max_len
+    assert Cell("age", method("peterrec_emb"), 0, 1e-3).overrides(config, "classify")["embedding_rank"] == 4
 
 
 def test_config_reports_every_problem():
@@ -96,7 +97,7 @@ def test_out_is_refused_reused_or_cleared(tmp_path):
 
 
 def test_tables_give_every_method_and_baseline_a_ci_and_paired_differences_marks():
-    methods = [m.name for m in METHODS]
+    methods = list(DEFAULT_METHODS)
     accuracy = {(m, t): 0.5 for m in methods for t in ("gender", "age")}
     accuracy["fineall", "age"] = 0.7  # 0.2 above everything on the same users: significant at 400 users
     accuracy["peterrec_serial", "age"] = (4, 0.505)  # 6 users more right, 4 fewer: not significant
@@ -193,7 +194,7 @@ def test_lr_selection_uses_validation_scores_only():
 
 
 def test_plot_is_a_png(tmp_path):
-    methods = [m.name for m in METHODS]
+    methods = list(DEFAULT_METHODS)
     rows = fake_rows({(m, t): 0.3 for m in methods for t in ("coldrec", "gender")}, seeds=(0,))
     accuracy = {(m, t): 0.3 for m in methods for t in ("coldrec", "gender")}
     accuracy.update({("majority", "gender"): 0.5, ("bag_lr", "gender"): 0.6, ("item_knn", "coldrec"): 0.4})
@@ -232,7 +233,7 @@ def test_quick_reproduce_on_movielens(tmp_path):
     assert fineall == {100.0}
     text = (out / "results.md").read_text()
     assert text.count(TABLE_HEADER) == 2 and "Paired differences" in text and "*Bag-of-items LR*" in text and text.index("Non-causal") < text.index("Causal backbone")
-    for m in METHODS:
+    for m in (m for m in METHODS if m.name in DEFAULT_METHODS):
         assert f"| {m.label} |" in text
     png = (out / "tradeoff.png").read_bytes()
     assert png[:8] == PNG_SIGNATURE and png[12:16] == b"IHDR"
