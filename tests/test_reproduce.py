@@ -247,3 +247,15 @@ def test_quick_reproduce_on_movielens(tmp_path):
     assert cli.main([*args, "--resume"]) == 0
     again = pq.read_table(out / "results.parquet").to_pylist()
     assert {(r["arch"], r["cell"]): r["seconds"] for r in again} == seconds
+
+
+def test_a_data_directory_is_read_in_place_and_its_tasks_checked(tmp_path):
+    from reproduce.pipeline import data_spec
+    from tasks.synth import synthesize
+
+    spec = synthesize(tmp_path / "world", tasks=4, users=60, items=30, seed=0, paper_regime=True)
+    config = ReproduceConfig.quick(tasks=("t000_binary", "t003_coldrec"))
+    assert data_spec(tmp_path / "world", "data", tmp_path / "out" / "data", config, resume=False) == spec
+    assert not (tmp_path / "out").exists()  # nothing imported, nothing copied
+    with pytest.raises(ValueError, match="no task.*'gender'.*t000_binary"):
+        data_spec(tmp_path / "world", "data", tmp_path / "out" / "data", ReproduceConfig.quick(), resume=False)
