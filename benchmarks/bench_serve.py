@@ -3,6 +3,7 @@
 Run: .venv/bin/python benchmarks/bench_serve.py            (about 10 minutes on 2 idle CPU cores)
      .venv/bin/python benchmarks/bench_serve.py --quick    (a smoke run: 10 tasks, few requests)
      .venv/bin/python benchmarks/bench_serve.py --memory-only --channels 256   (memory at another width)
+     .venv/bin/python benchmarks/bench_serve.py --model-only   (model work without HTTP, and memory: no Ray)
 
 A synthetic bundle of --tasks tasks (half classify with 4 classes, half cold-start over 500 target items;
 random weights: this measures serving, not accuracy) over one random backbone (4 blocks, dilations
@@ -182,15 +183,17 @@ def measure_resident(checkpoint: Path, bundle: Path) -> dict:
     return result
 
 
-def model_only(checkpoint: Path, bundle: Path, names: list[str], threads: int, seconds: float = 5.0) -> dict:
-    """Rows/s of MultiTaskPredictor.predict without HTTP: one row per call against 64 rows of uniform tasks."""
+def model_only(checkpoint: Path, bundle: Path, names: list[str], threads: int, seconds: float = 5.0,
+               stack_once: bool = True) -> dict:
+    """Rows/s of MultiTaskPredictor.predict without HTTP: one row per call against 64 rows of uniform tasks
+    (stack_once=False: each batch's tasks' patches restacked, as before peterrec.fused.stacked)."""
     from peterrec.bundle import open_bundle
     from peterrec.checkpoint import load_backbone
     from peterrec.predict import MultiTaskPredictor
 
     torch.set_num_threads(threads)
     backbone, _ = load_backbone(checkpoint)
-    predictor = MultiTaskPredictor(backbone.requires_grad_(False).eval(), open_bundle(bundle))
+    predictor = MultiTaskPredictor(backbone.requires_grad_(False).eval(), open_bundle(bundle), stack_once=stack_once)
     rng = np.random.default_rng(3)
     out = {}
     for rows in (1, 64):
@@ -238,6 +241,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="where the bundles go (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="10 tasks, 200 requests per cell")
     parser.add_argument("--memory-only", action="store_true", help="only the resident memory figures (no Ray)")
+    parser.add_argument("--model-only", action="store_true",
+                        help="only the model work without HTTP (and the memory figures; no Ray)")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.requests, args.time_limit = 10, 200, 20.0
@@ -267,8 +272,19 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
         return 0
     threads = max(1, int(args.cpus_per_replica))
-    models = {"patch sets (a, b)": model_only(job.backbone, job.patches, job.names, threads),
-              "full copies (c)": model_only(job.backbone, job.full, job.names, threads)}
+    models = {}
+    for _ in range(2):  # two rounds, sides alternated; each keeps its best
+        for name, bundle, once in (("patch sets (a, b)", job.patches, True),
+                                   ("patch sets, restacked per batch", job.patches, False),
+                                   ("full copies (c)", job.full, True)):
+            rates = model_only(job.backbone, bundle, job.names, threads, stack_once=once)
+            models[name] = {k: max(v, models.get(name, {}).get(k, 0.0)) for k, v in rates.items()}
+    if args.model_only:
+        print_models(models)
+        print_memory(memory)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     cluster = connect(num_cpus=os.cpu_count())
     results = {}
     try:
@@ -304,14 +320,20 @@ def report(results: dict, memory: dict, models: dict, args) -> None:
     print(f"(a) with lists of {LIST} request objects per call, concurrency {conc}: "
           f"{lists['rps'] * LIST:.0f} predictions/s ({lists['rps'] * LIST / b[max(args.concurrency)]['rps']:.2f}x "
           f"(b) at {max(args.concurrency)}), p50 {lists['p50']:.1f} ms, p99 {lists['p99']:.1f} ms per call")
-    print("model work alone (MultiTaskPredictor.predict in one process, no HTTP), rows/s:")
-    for name, rates in models.items():
-        print(f"  {name}: 1 row per pass {rates[1]:,.0f}, 64 rows of uniform tasks per pass {rates[64]:,.0f} "
-              f"({rates[64] / rates[1]:.1f}x)")
+    print_models(models)
     print_memory(memory)
     for name in ("(a) mixed-task batching", "(c) full model per task"):
         print(f"  the serving replica of {name}: RSS {results[name]['memory']['rss'] / 2**20:,.0f} MiB in all")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+def print_models(models: dict) -> None:
+    print("model work alone (MultiTaskPredictor.predict in one process, no HTTP), rows/s:")
+    for name, rates in models.items():
+        print(f"  {name}: 1 row per pass {rates[1]:,.0f}, 64 rows of uniform tasks per pass {rates[64]:,.0f} "
+              f"({rates[64] / rates[1]:.1f}x)")
+    once, again = models["patch sets (a, b)"][64], models["patch sets, restacked per batch"][64]
+    print(f"  64-row passes, patches stacked once / restacked per batch: {once / again:.2f}x")
 
 
 def print_memory(memory: dict) -> None:

@@ -3,6 +3,7 @@ reaches against the training steps it spends.
 
 Run: nice .venv/bin/python benchmarks/bench_tune.py            (about an hour on 2 idle CPU cores)
      nice .venv/bin/python benchmarks/bench_tune.py --quick    (a few minutes: 2 small tasks, 1 seed)
+     .venv/bin/python benchmarks/bench_tune.py --from-work DIR --plot curves.png   (summarise a finished --work DIR)
 
 The synthetic world of docs/TUNE.md (6 tasks, 2000 users, 300 items, length 30) and its backbone (causal, 32
 channels, dilations 1,4,1,4, pretrained 3 epochs). Each method searches every task with the same trials per
@@ -10,12 +11,17 @@ task (--samples, the baseline included) and the same bounds per trial (--max-ste
 each of --seeds (the search's --seed: the random draws, TPE's and PBT's generators, the trials' own seeds), on
 one embedded Ray cluster (2 CPUs, 1 per trial) that every search shares.
 
-While a search runs, its monitor is sampled after every step of Tune's loop: per task, the training steps its
-trials have spent so far (every run of every trial: resumed, paused, exploited) and the best validation value
-any of them has reached so far (the trials keep their best weights, so that value is a checkpoint one could
-keep). Printed, per method (means over tasks and seeds): the final best, the steps spent, and the best reached
-at a share of the steps random + ASHA spent on the same task and seed, normalised by random + ASHA's final
-best; then how often, and with what share of random + ASHA's steps, the method reached random's best.
+Each search's curves are read back from its directory once it has ended (`--from-work DIR` does only that,
+for searches run before; `--work DIR` reuses a search finished there with the same flags): per task, every
+report of every trial in time order (Tune's result.json lines, to the second), each adding the steps its run
+trained since that run's previous report (every run of every trial: resumed, paused, exploited; the driver's
+ledger of steps trained adds the reports Tune's log drops), and the best validation value any trial has
+reported so far (a trial keeps its best weights, so that value was a checkpoint one could keep; under PBT an
+exploit can later overwrite it, so the search's final best in best.json, from finished trials, can be lower).
+Printed, per method (means over tasks and seeds): the final best (best.json), the best reached over the
+run / random + ASHA's, the steps spent, the best reached at a share of the steps random + ASHA spent on the
+same task and seed, normalised by random + ASHA's best reached; then how often, and with what share of
+random + ASHA's steps, the method reached random's best.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,25 +65,7 @@ def make_world(root: Path, quick: bool) -> tuple[Path, Path]:
     return spec, root / "backbone"
 
 
-class Recorder:
-    """The monitor's on_update: per task, (steps spent, best reached) whenever either changes."""
-
-    def __init__(self):
-        self.curves: dict[str, list[tuple[int, float]]] = {}
-
-    def __call__(self, monitor) -> None:
-        spent = monitor.steps_per_task()
-        for task, best in monitor.tasks.items():
-            scores = [t.score for t in best.trials.values() if t.score is not None]
-            if not scores:
-                continue
-            point = (spent[task], max(scores))
-            curve = self.curves.setdefault(task, [])
-            if not curve or point != curve[-1]:
-                curve.append(point)
-
-
-def search(spec: Path, backbone: Path, out: Path, method: str, seed: int, args) -> dict:
+def search(spec: Path, backbone: Path, out: Path, method: str, seed: int, args) -> None:
     from orchestrator.settings import SearchSettings, TrainingSettings
     from orchestrator.tune import TuneSearch, plan_for
 
@@ -86,17 +73,115 @@ def search(spec: Path, backbone: Path, out: Path, method: str, seed: int, args) 
     settings = SearchSettings(backbone=str(backbone), tasks=str(spec), out=str(out), samples=args.samples,
                               scheduler=scheduler, search=kind, evals=args.evals, force=True,
                               training=TrainingSettings(max_steps=args.max_steps, epochs=args.epochs, seed=seed))
-    plan = plan_for(settings)
-    recorder = Recorder()
-    start = time.perf_counter()
-    outcome = TuneSearch(plan, settings.options(), "finetune").run(on_update=recorder)
-    seconds = time.perf_counter() - start
+    outcome = TuneSearch(plan_for(settings), settings.options(), "finetune").run()
     assert outcome.complete, f"{method} seed {seed}: the search did not complete"
-    spent = {t: sum(r["steps_trained"] or 0 for r in outcome.rows if r["task"] == t) for t in outcome.best}
-    return {"method": method, "seed": seed, "seconds": seconds, "curves": recorder.curves, "spent": spent,
-            "best": {t: b["score"] for t, b in outcome.best.items()},
-            "reached": {t: c[-1][1] for t, c in recorder.curves.items()},
-            "exploits": sum(len(json.loads(r["lineage"])) > 0 for r in outcome.rows)}
+
+
+def complete(out: Path) -> bool:
+    """A search whose trials all ended: `tune` writes best.json only then."""
+    return all((out / name).exists() for name in ("best.json", "trials.parquet", "search.json"))
+
+
+def same_search(out: Path, method: str, seed: int, args) -> bool:
+    """The finished search in `out` is the one these flags ask for (a run to reuse, not to redo)."""
+    saved = json.loads((out / "search.json").read_text())
+    train = saved["settings"]["train"]
+    kind, scheduler = METHODS[method]
+    return ((saved["search"], saved["scheduler"], saved["samples"], saved["evals"], train["max_steps"],
+             train["epochs"], train["seed"]) == (kind, scheduler, args.samples, args.evals, args.max_steps,
+                                                 args.epochs, seed))
+
+
+def ledger_of(experiment: Path) -> dict[str, dict[str, list[int]]]:
+    """The driver's ledger of steps trained, trial_id -> run_id -> [start step, last step reported]: the state
+    of orchestrator.tune.monitor.Forward, which Tune saves with its experiment (a pickle `tune` wrote)."""
+    import pickle
+
+    for path in sorted(experiment.glob("callback-states-*.pkl"))[-1:]:
+        for state in pickle.loads(path.read_bytes()).values():
+            if isinstance(state, dict) and "ledger" in state:
+                return state["ledger"]
+    return {}
+
+
+def rebuild_curves(experiment: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per task, (steps spent, best validation so far) after each report of any of its trials, in time order.
+
+    Each report (a line of a trial's result.json) adds the steps its run trained since that run's previous
+    report, or since the run's start step. The report at which PBT exploits a trial is missing from Tune's
+    result log but not from the ledger: steps of a run that the ledger has and result.json lacks are added
+    just before the first report of the trial's next run (their score unknown: the best stays as it stood).
+    On a PBT search whose curves were also sampled live, that placement gave the same curves."""
+    ledger = ledger_of(experiment)
+    events = []  # (time, task, steps, best_valid or None)
+    for trial in sorted(p for p in experiment.iterdir() if (p / "result.json").exists()):
+        task, _, trial_id = trial.name.rsplit("-", 2)  # orchestrator.tune.search.trial_dirname
+        reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+        reports = [r for r in reports if r.get("trial_id") == trial_id and "run_id" in r]
+        reached, first = {}, {}  # run_id -> step of its latest report; run_id -> time of its first one
+        for r in reports:
+            events.append((r["timestamp"], task, r["step"] - reached.get(r["run_id"], r["run_start"]),
+                           r.get("best_valid")))
+            reached[r["run_id"]] = r["step"]
+            first.setdefault(r["run_id"], r["timestamp"])
+        runs = sorted(ledger.get(trial_id, {}).items(), key=lambda kv: int(kv[0].split(":")[1]))  # by attempt
+        for i, (run_id, (start, end)) in enumerate(runs):
+            step = reached.get(run_id, start)
+            if end > step:  # just before the trial's next run reported (the run that replaced this one)
+                after = [first[later] for later, _ in runs[i + 1:] if later in first]
+                when = after[0] - 0.5 if after else max((r["timestamp"] for r in reports), default=0)
+                events.append((when, task, end - step, None))
+    curves: dict[str, list[tuple[int, float]]] = {}
+    spent, best = {}, {}
+    for _, task, steps, value in sorted(events, key=lambda e: e[0]):  # stable: a trial's own order is kept
+        spent[task] = spent.get(task, 0) + steps
+        if value is not None and value > best.get(task, float("-inf")):
+            best[task] = value
+        if task in best:
+            curve = curves.setdefault(task, [])
+            if curve and curve[-1][0] == spent[task]:
+                curve.pop()
+            curve.append((spent[task], best[task]))
+    return curves
+
+
+def load_run(out: Path, method: str, seed: int) -> dict:
+    """One finished search, read back from its directory: its curves, steps spent (trials.parquet's
+    steps_trained), best per task (best.json), trials exploited, and seconds from Tune's start to the last
+    report."""
+    import pyarrow.parquet as pq
+
+    experiment = out / "ray" / "search"
+    rows = pq.read_table(out / "trials.parquet").to_pylist()
+    best = json.loads((out / "best.json").read_text())
+    curves = rebuild_curves(experiment)
+    spent = {t: sum(r["steps_trained"] or 0 for r in rows if r["task"] == t) for t in best}
+    for task, curve in curves.items():
+        if curve[-1][0] != spent[task]:
+            print(f"warning: {out.name} {task}: its curve ends at {curve[-1][0]} steps, trials.parquet says "
+                  f"{spent[task]}", file=sys.stderr)
+    state = json.loads(max(experiment.glob("experiment_state-*.json")).read_text())
+    stats = state["stats"] if isinstance(state["stats"], dict) else json.loads(state["stats"])
+    last = max(json.loads(line)["timestamp"] for f in experiment.glob("*/result.json")
+               for line in f.read_text().splitlines() if line.strip())
+    return {"method": method, "seed": seed, "seconds": last - stats["start_time"], "curves": curves,
+            "spent": spent, "best": {t: b["score"] for t, b in best.items()},
+            "reached": {t: c[-1][1] for t, c in curves.items()},
+            "exploits": sum(len(json.loads(r["lineage"] or "[]")) > 0 for r in rows),
+            "search": json.loads((out / "search.json").read_text())}
+
+
+def runs_in(work: Path, methods) -> list[dict]:
+    """Every finished search of `methods` in `work` (its directories METHOD-sSEED), read back."""
+    runs = []
+    for out in sorted(p for p in work.iterdir() if p.is_dir()):
+        method, _, seed = out.name.rpartition("-s")
+        if method in methods and seed.isdigit():
+            if complete(out):
+                runs.append(load_run(out, method, int(seed)))
+            else:
+                print(f"{out}: not a finished search, left out", file=sys.stderr)
+    return runs
 
 
 def best_at(curve: list[tuple[int, float]], steps: float) -> float | None:
@@ -114,8 +199,9 @@ def summarise(runs: list[dict]) -> list[str]:
                  for r in runs if r["method"] == "random+asha" for t in r["curves"]}
     lines = ["| method | best valid (mean) | reached, / random's | steps spent | wall s | "
              + " | ".join(f"best at {int(s * 100)}% of random's steps" for s in SHARES)
-             + " | reached random's best | steps to it / random's steps (median) |",
-             "|---" * (7 + len(SHARES)) + "|"]
+             + " | reached random's best | ... with at most half of random's steps (the goal)"
+             " | steps to it / random's steps (median) |",
+             "|---" * (8 + len(SHARES)) + "|"]
     for method in METHODS:
         mine = [r for r in runs if r["method"] == method]
         if not mine:
@@ -136,6 +222,7 @@ def summarise(runs: list[dict]) -> list[str]:
                  f"{mean([r['reached'][t] / reference[(r['seed'], t)][1] for r, t in keys if reference[(r['seed'], t)][1]]):.3f}",
                  f"{mean([sum(r['spent'].values()) for r in mine]):.0f}", f"{mean([r['seconds'] for r in mine]):.0f}",
                  *(f"{mean(at[s]):.3f}" for s in SHARES), f"{reached}/{len(keys)}",
+                 f"{sum(x <= 0.5 for x in ratios)}/{len(keys)}",
                  f"{statistics.median(ratios):.2f}" if ratios else "never"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -172,6 +259,23 @@ def plot(runs: list[dict], path: Path) -> None:
     fig.savefig(path)
 
 
+def described(run: dict) -> str:
+    return (f"{run['method']} seed {run['seed']}: {run['seconds']:.0f} s, steps {sum(run['spent'].values())}, "
+            f"exploits {run['exploits']}, best " + json.dumps({t: round(v, 4) for t, v in run["best"].items()}))
+
+
+def setup(runs: list[dict]) -> str:
+    """The bounds the runs searched with (their search.json), or 'mixed' where they differ."""
+    def one(values):
+        values = sorted(set(values))
+        return str(values[0]) if len(values) == 1 else "mixed " + "/".join(map(str, values))
+
+    searches = [r["search"] for r in runs]
+    return (f"{cpu_model()}, {len({r['seed'] for r in runs})} seed(s), {one(s['samples'] for s in searches)} "
+            f"trials per task, --max-steps {one(s['settings']['train']['max_steps'] for s in searches)} "
+            f"--evals {one(s['evals'] for s in searches)}, 2 CPUs, 1 per trial")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 small tasks, 5 samples, 40 steps, 1 seed")
@@ -181,40 +285,59 @@ def main(argv=None) -> None:
     parser.add_argument("--evals", type=int, default=8)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--work", default=None, help="working directory (default: a temporary one)")
+    parser.add_argument("--work", default=None, help="working directory (default: a temporary one); a search "
+                        "already finished there with the same flags is reused, not run again")
+    parser.add_argument("--from-work", default=None, metavar="DIR",
+                        help="search nothing: summarise every finished search of --methods in DIR (the "
+                             "METHOD-sSEED directories a run with --work DIR leaves)")
     parser.add_argument("--plot", default=None, help="write the curves to this PNG")
     parser.add_argument("--json", default=None, help="write every run's curves to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
         args.samples, args.max_steps, args.seeds = 5, 40, "0"
 
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    with tempfile.TemporaryDirectory(prefix="bench_tune.") as tmp:
+        if args.from_work:
+            runs = runs_in(Path(args.from_work), methods)
+            for run in runs:
+                print(described(run))
+        else:
+            runs = run_all(Path(args.work or tmp), methods, [int(s) for s in args.seeds.split(",")], args)
+    if not runs:
+        sys.exit("no finished search to summarise")
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=1))
+    if args.plot:
+        plot(runs, Path(args.plot))
+    print(f"\n{setup(runs)}\n")
+    print("\n".join(summarise(runs)))
+
+
+def run_all(root: Path, methods: list[str], seeds: list[int], args) -> list[dict]:
+    """Each method for each seed into root/METHOD-sSEED, on one cluster started for the first search run."""
     from orchestrator.cluster import connect
 
-    seeds = [int(s) for s in args.seeds.split(",")]
-    methods = [m for m in args.methods.split(",") if m]
-    with tempfile.TemporaryDirectory(prefix="bench_tune.") as tmp:
-        root = Path(args.work or tmp)
-        spec, backbone = ((root / "data", root / "backbone") if (root / "backbone").exists()
-                          else make_world(root, args.quick))
-        cluster = connect(num_cpus=2, object_store_mb=300)
-        runs = []
-        try:
-            for seed in seeds:
-                for method in methods:
-                    run = search(spec, backbone, root / f"{method}-s{seed}", method, seed, args)
-                    runs.append(run)
-                    print(f"{method} seed {seed}: {run['seconds']:.0f} s, steps {sum(run['spent'].values())}, "
-                          f"exploits {run['exploits']}, best " + json.dumps({t: round(v, 4) for t, v in
-                                                                            run["best"].items()}), flush=True)
-        finally:
+    spec, backbone = ((root / "data", root / "backbone") if (root / "backbone").exists()
+                      else make_world(root, args.quick))
+    cluster, runs = None, []
+    try:
+        for seed in seeds:
+            for method in methods:
+                out = root / f"{method}-s{seed}"
+                reused = complete(out) and same_search(out, method, seed, args)
+                if not reused:
+                    cluster = cluster or connect(num_cpus=2, object_store_mb=300)
+                    search(spec, backbone, out, method, seed, args)
+                runs.append(load_run(out, method, seed))
+                print(described(runs[-1]) + (" (reused)" if reused else ""), flush=True)
+    finally:
+        if cluster is not None:
             cluster.shutdown()
-        if args.json:
-            Path(args.json).write_text(json.dumps(runs, indent=1))
-        if args.plot:
-            plot(runs, Path(args.plot))
-    print(f"\n{cpu_model()}, {len(seeds)} seed(s), {args.samples} trials per task, --max-steps {args.max_steps} "
-          f"--evals {args.evals}, 2 CPUs, 1 per trial\n")
-    print("\n".join(summarise(runs)))
+    return runs
 
 
 if __name__ == "__main__":

@@ -153,6 +153,8 @@ class Backbone(nn.Module):
         if embed is not None:  # a task's embedding patch (patches.EmbeddingPatch)
             x = embed(items, x)
         keep = (items != self.config.pad_id).unsqueeze(-1).to(x.dtype) if self.config.mask_padding else None
+        if keep is not None and embed is not None:  # whatever a patch did to the padding row, it stays zero
+            x = x * keep
         for i, block in enumerate(self.blocks):
             x = block(x, None if adapters is None else adapters.block(i), keep)
         return x

@@ -75,15 +75,19 @@ def read_checkpoint_config(path: Path) -> dict:
                                f"is {path} a backbone checkpoint directory?")
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file (CPU); CheckpointError naming the file when it cannot be read."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint (CPU), read with safetensors only."""
-    model_path = Path(path) / "model.safetensors"
-    try:
-        return load_file(str(model_path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{model_path}: not found") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{model_path}: not a readable safetensors file ({e})") from None
+    return read_safetensors(Path(path) / "model.safetensors")
 
 
 def load_backbone(path: Path, device: torch.device | str = "cpu") -> tuple[Backbone, dict]:

@@ -15,7 +15,7 @@ import torch
 
 from peterrec.backbone import Backbone
 from peterrec.bundle import Bundle
-from peterrec.fused.infer import predict_mixed
+from peterrec.fused.infer import predict_mixed, stacked_for
 from peterrec.training import autocast_for
 
 
@@ -58,13 +58,16 @@ class MultiTaskPredictor:
     PeterZero tasks own the blocks they trained). Loading is all-or-nothing."""
 
     def __init__(self, backbone: Backbone, bundle: Bundle, task_names: list[str] | None = None, top_k: int = 10,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", stack_once: bool = True):
         self.backbone = backbone
         self.top_k = top_k
         self.precision = precision  # fp32 or bf16 (training.autocast_for)
         names = list(bundle.names if task_names is None else task_names)
         self.models = {name: bundle.load_task(name, backbone) for name in names}
         self.configs = {name: bundle.config(name)["task"] for name in names}
+        # Every task's patches stacked once (peterrec.fused.stacked) at the first predict; stack_once=False
+        # restacks the tasks of each batch instead (the training path, PackedPatches: for comparison).
+        self.stack_once, self._stacked = stack_once, None
 
     @property
     def tasks(self) -> list[str]:
@@ -92,7 +95,10 @@ class MultiTaskPredictor:
         groups: dict[str, list[int]] = {}
         for row, name in enumerate(tasks):
             groups.setdefault(self._known(name), []).append(row)
-        scores = predict_mixed(self.backbone, self.models, items, tasks, precision=self.precision)  # one per row
+        if self.stack_once and self._stacked is None:
+            self._stacked = stacked_for(self.backbone, self.models)
+        scores = predict_mixed(self.backbone, self.models, items, tasks, precision=self.precision,
+                               stacked=self._stacked)  # one per row
         out: list[Prediction | None] = [None] * len(tasks)
         for name, rows in groups.items():
             batch = self._outputs(name, torch.stack([scores[r] for r in rows]), top_k)

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from peterrec.checkpoint import CheckpointError, read_versioned_json
+from peterrec.checkpoint import CheckpointError, read_safetensors, read_versioned_json
 from peterrec.training import TrainState
 from tasks.atomic import staged_directory
 
@@ -54,15 +53,6 @@ def _write_optimizer(path: Path, optimizer: torch.optim.Optimizer, extra: dict |
                 plain.setdefault(str(index), {})[key] = value
     save_file(tensors, str(Path(path) / OPTIMIZER_FILE))
     return {"param_groups": saved["param_groups"], "state": plain}
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, saved: dict, where: Path) -> None:
@@ -139,10 +129,10 @@ def load_task_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     names = trainable_names(model)
     params = dict(model.named_parameters())
     device = params[names[0]].device
-    current = _read_tensors(path / TASK_FILE)
+    current = read_safetensors(path / TASK_FILE)
     best_state = None
     if (path / BEST_FILE).exists():
-        best = _read_tensors(path / BEST_FILE)
+        best = read_safetensors(path / BEST_FILE)
         best_state = [best[n].to(device) for n in names if n in best]
     if set(current) != set(names) or (best_state is not None and len(best_state) != len(names)):
         raise CheckpointError(f"{path / TASK_FILE}: its tensors {sorted(current)} are not the model's trainable "
@@ -153,7 +143,7 @@ def load_task_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                 raise CheckpointError(f"{path / TASK_FILE}: {n} has shape {tuple(current[n].shape)}, the model's "
                                       f"{tuple(params[n].shape)}")
             params[n].copy_(current[n])
-    tensors = _read_tensors(path / OPTIMIZER_FILE)
+    tensors = read_safetensors(path / OPTIMIZER_FILE)
     if optimizer is not None:
         _load_optimizer(optimizer, tensors, document["optimizer"], path / OPTIMIZER_FILE)
         for group in optimizer.param_groups:
@@ -195,6 +185,6 @@ def load_train_state(path: Path, optimizer: torch.optim.Optimizer) -> dict:
     """Restore `optimizer` from checkpoint dir `path`; returns trainer_state.json (less the optimizer)."""
     document = read_train_state(path)
     tensors_path = Path(path) / OPTIMIZER_FILE
-    _load_optimizer(optimizer, _read_tensors(tensors_path), document.pop("optimizer"), tensors_path)
+    _load_optimizer(optimizer, read_safetensors(tensors_path), document.pop("optimizer"), tensors_path)
     document.pop("format"), document.pop("version", None)
     return document

@@ -38,6 +38,31 @@ def make_world(root: Path, seed: int = 3, **sizes) -> tuple[Path, Path]:
     return spec, root / "backbone"
 
 
+def tiny_world(root: Path) -> tuple[Path, Path]:
+    """A tiny synthetic world (4 tasks) and a random 8-channel, 2-block backbone checkpoint."""
+    from peterrec import Backbone, BackboneConfig
+    from peterrec.checkpoint import save_checkpoint
+    from tasks.synth import synthesize
+
+    spec = synthesize(root / "data", tasks=4, users=200, items=50, seed=0, max_len=16)
+    torch.manual_seed(0)
+    save_checkpoint(root / "backbone", Backbone(BackboneConfig(vocab_size=51, channels=8, dilations=(1, 2),
+                                                               max_len=16)))
+    return spec, root / "backbone"
+
+
+def random_task(backbone, kind, num_outputs, mode, seed):
+    """A task model of `mode` whose trained tensors are seeded random values (no training needed)."""
+    from peterrec.task_model import build_task_model
+
+    model = build_task_model(backbone, kind, num_outputs, mode, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.task_state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    return model.eval()
+
+
 def finetune_args(spec, backbone, out, *extra, steps: int = 6) -> list[str]:
     return ["finetune", "--backbone", str(backbone), "--tasks", str(spec), "--out", str(out),
             "--max-steps", str(steps), "--epochs", "1", "--batch-size", "32", "--ui", "plain",

@@ -13,8 +13,8 @@ import torch
 
 from peterrec.backbone import Backbone
 from peterrec.config import BackboneConfig, PatchConfig
-from peterrec.fused import (PackChoice, PackedPatches, PackTask, check_packable, choose_pack_size,
-                            predict_mixed, train_pack)
+from peterrec.fused import (PackChoice, PackedPatches, PackTask, StackedPatches, check_packable, choose_pack_size,
+                            predict_mixed, stacked_for, train_pack)
 from peterrec.task_model import build_task_model
 from peterrec.training import TrainConfig, train
 
@@ -204,9 +204,10 @@ def test_iter_train_pack_yields_each_task_as_it_leaves(backbone):
     assert sorted(order) == sorted(totals) and order[0] == min(totals, key=totals.get)  # "cold": 6 steps
 
 
-@pytest.mark.parametrize("strategy", ["group", "bmm"])
+@pytest.mark.parametrize("strategy", ["group", "bmm", "stacked"])
 def test_packed_patches_forward_matches_each_task(backbone, strategy):
-    """Rows in any order, mixed insertion / widths / LayerNorm2 and a task without patches."""
+    """Rows in any order, mixed insertion / widths / LayerNorm2 and a task without patches; "stacked" is
+    StackedPatches, the inference path (stacked once, gathered per row)."""
     configs = [PatchConfig(insertion="serial", init_std=0.3), PatchConfig(insertion="parallel", init_std=0.3,
                bottleneck_ratio=2, train_layernorm2=False), PatchConfig(insertion="parallel", init_std=0.3)]
     models = [build_task_model(backbone, "classify", 3, m, c, seed=i)
@@ -217,13 +218,16 @@ def test_packed_patches_forward_matches_each_task(backbone, strategy):
                 torch.nn.init.normal_(bp.ln2.weight), torch.nn.init.normal_(bp.ln2.bias)
     items = torch.as_tensor(arrays(7, 9, "classify", 3)[0])
     task_of_row = torch.tensor([2, 0, 1, 1, 0, 2, 0, 0, 1])
-    hidden = backbone(items, PackedPatches(backbone, [m.patches for m in models], task_of_row, strategy))
+    patches = [m.patches for m in models]
+    adapter = (StackedPatches(backbone, patches).rows(task_of_row) if strategy == "stacked"
+               else PackedPatches(backbone, patches, task_of_row, strategy))
+    hidden = backbone(items, adapter)
     for k, m in enumerate(models):
         rows = task_of_row == k
         torch.testing.assert_close(hidden[rows], backbone(items[rows], m.patches), **TOL)
 
 
-@pytest.mark.parametrize("strategy", ["group", "bmm"])
+@pytest.mark.parametrize("strategy", ["group", "bmm", "stacked"])
 def test_predict_mixed_equals_each_task_scores(backbone, strategy):
     configs = [PatchConfig(insertion="serial", init_std=0.3), PatchConfig(insertion="parallel", init_std=0.3)]
     models = {
@@ -236,7 +240,11 @@ def test_predict_mixed_equals_each_task_scores(backbone, strategy):
     names = list(models)
     task_of_row = [names[i] for i in rng.integers(0, len(names), size=23)]
     items = arrays(5, 23, "classify", 3)[0]
-    scores = predict_mixed(backbone, models, items, task_of_row, batch_size=7, strategy=strategy)
+    if strategy == "stacked":
+        scores = predict_mixed(backbone, models, items, task_of_row, batch_size=7,
+                               stacked=stacked_for(backbone, models))
+    else:
+        scores = predict_mixed(backbone, models, items, task_of_row, batch_size=7, strategy=strategy)
     for r, name in enumerate(task_of_row):
         expected = models[name].scores(torch.as_tensor(items[r:r + 1]))[0]
         torch.testing.assert_close(scores[r], expected, **TOL)

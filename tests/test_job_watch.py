@@ -233,8 +233,9 @@ def test_a_running_search_rewrites_its_trials_as_they_stand(tmp_path, monkeypatc
                            out_dir=tmp_path)
     monitor = SearchMonitor(plan, NoHub())
 
-    def trial(i, status, result):
-        return SimpleNamespace(trial_id=f"t_{i}", status=status, last_result=result,
+    def trial(i, status, result):  # a reported result names its trial (Tune adds trial_id to each)
+        return SimpleNamespace(trial_id=f"t_{i}", status=status, path=str(tmp_path / f"trial{i}"),
+                               last_result={**result, "trial_id": f"t_{i}"} if result else {},
                                config={"task": "gender", "sample": i, "lr": 0.01 * (i + 1)})
 
     monitor.step([trial(0, "RUNNING", {"best_valid": 0.7, "step": 40}), trial(1, "PENDING", {}),

@@ -10,28 +10,20 @@ import pytest
 import torch
 
 import cli
-from peterrec import Backbone, BackboneConfig, build_task_model
+from peterrec import Backbone, BackboneConfig
 from peterrec.bundle import backbone_fingerprint, write_task
 from peterrec.checkpoint import save_checkpoint
 from peterrec.finetune import FinetuneSettings
 from tasks import Sequences, write_sequences
 from tasks.taskdata import write_task as write_task_table
 from tasks.vocab import write_item_vocab
+from support import random_task
 
 CONFIG = BackboneConfig(vocab_size=30, channels=8, dilations=(1, 2), max_len=6)
 LABELS = ["F", "M", "X"]
 TARGETS = [f"t{i}" for i in range(9)]
 USERS = ["u0", "u1", "u2", "u3"]
 SEQUENCES = [[3, 4, 5], [7, 1, 2, 9, 9, 12, 13, 2], [29], [5, 6, 7, 8]]
-
-
-def random_task(backbone, kind, num_outputs, mode, seed):
-    model = build_task_model(backbone, kind, num_outputs, mode, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in model.task_state_dict().values():
-            tensor.copy_(torch.randn(tensor.shape, generator=generator))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -133,3 +133,26 @@ def test_embedding_patch_starts_as_the_pretrained_model_trains_and_packs():
     for a, p in zip(alone, packed):  # a pack gives each task the weights it gets alone
         for name, tensor in a.task_state_dict().items():
             torch.testing.assert_close(p.task_state_dict()[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_mixed_inference_gives_each_task_its_own_embedding_patch_pooling_and_input_len(stack):
+    from peterrec.config import PatchConfig
+    from peterrec.fused.infer import predict_mixed, stacked_for
+
+    b = backbone()
+    models = {"emb": build_task_model(b, "classify", 3, "peterrec", PatchConfig(embedding_rank=2), seed=1),
+              "cold": build_task_model(b, "coldrec", 9, "peterrec", seed=2, input_len=4),
+              "head": build_task_model(b, "classify", 2, "finecls", seed=3)}
+    with torch.no_grad():
+        for m in models.values():
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.add_(0.1 * torch.randn_like(p))
+    items = torch.randint(0, V, (9, L))
+    items[0, :6] = 0
+    tasks = ["emb", "cold", "head"] * 3
+    out = predict_mixed(b, models, items, tasks, batch_size=6, stacked=stacked_for(b, models) if stack else None)
+    with torch.no_grad():
+        for row, (name, scores) in enumerate(zip(tasks, out)):
+            torch.testing.assert_close(scores, models[name].scores(items[row:row + 1])[0], rtol=1e-4, atol=1e-5)

@@ -25,12 +25,13 @@ import torch
 import cli
 from orchestrator.serve.metrics import merge
 from orchestrator.serve.request import MAX_BODY_BYTES, MAX_ITEMS, MAX_REQUESTS
-from peterrec import Backbone, BackboneConfig, build_task_model
+from peterrec import Backbone, BackboneConfig
 from peterrec.bundle import backbone_fingerprint, write_task
 from peterrec.checkpoint import save_checkpoint
 from peterrec.finetune import FinetuneSettings
 from tasks import Sequences, write_sequences
 from tasks.vocab import write_item_vocab
+from support import random_task
 
 # Ray Serve 2.60's own pydantic models warn when the command imports it.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.serve")
@@ -43,15 +44,6 @@ USERS = ["u0", "u1", "u2", "u3"]
 SEQUENCES = [[3, 4, 5], [7, 1, 2, 9, 9, 12, 13, 2], [29], [5, 6, 7, 8]]
 TOKEN = "s3cret"
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
-
-
-def random_task(backbone, kind, num_outputs, mode, seed):
-    model = build_task_model(backbone, kind, num_outputs, mode, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in model.task_state_dict().values():
-            tensor.copy_(torch.randn(tensor.shape, generator=generator))
-    return model.eval()
 
 
 def add_task(bundle, backbone, name, kind, mode, seed, **extra):

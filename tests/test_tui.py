@@ -10,12 +10,11 @@ test_tui_snapshots.py show. Waits have generous timeouts as a safety net; nothin
 from __future__ import annotations
 
 import pytest
-import torch
 
 from orchestrator.results import read_results
 from peterrec.modes import MODE_NAMES
 from support import (in_loop, review_job, settled, table_rows, tensorboard_scalars, text_of, until,
-                     write_trials)
+                     tiny_world, write_trials)
 
 
 
@@ -142,17 +141,7 @@ async def test_actions_on_a_finished_job_are_refused_politely(tmp_path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A tiny synthetic world (4 tasks) and a random 8-channel, 2-block backbone checkpoint."""
-    from peterrec import Backbone, BackboneConfig
-    from peterrec.checkpoint import save_checkpoint
-    from tasks.synth import synthesize
-
-    root = tmp_path_factory.mktemp("world")
-    spec = synthesize(root / "data", tasks=4, users=200, items=50, seed=0, max_len=16)
-    torch.manual_seed(0)
-    save_checkpoint(root / "backbone", Backbone(BackboneConfig(vocab_size=51, channels=8, dilations=(1, 2),
-                                                               max_len=16)))
-    return spec, root / "backbone"
+    return tiny_world(tmp_path_factory.mktemp("world"))
 
 
 @pytest.mark.parametrize("mode", MODE_NAMES)

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from orchestrator import state as st
-from support import in_loop, live_job, review_job, table_rows, text_of, until, write_trials
+from support import in_loop, live_job, tiny_world, review_job, table_rows, text_of, until, write_trials
 
 
 async def shown(pilot, what: str = "the job's rows") -> None:
@@ -158,19 +158,7 @@ async def test_cpus_in_use_never_exceed_the_cluster(tmp_path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A tiny synthetic world (4 tasks) and a random 8-channel, 2-block backbone checkpoint."""
-    import torch
-
-    from peterrec import Backbone, BackboneConfig
-    from peterrec.checkpoint import save_checkpoint
-    from tasks.synth import synthesize
-
-    root = tmp_path_factory.mktemp("world")
-    spec = synthesize(root / "data", tasks=4, users=200, items=50, seed=0, max_len=16)
-    torch.manual_seed(0)
-    save_checkpoint(root / "backbone", Backbone(BackboneConfig(vocab_size=51, channels=8, dilations=(1, 2),
-                                                               max_len=16)))
-    return spec, root / "backbone"
+    return tiny_world(tmp_path_factory.mktemp("world"))
 
 
 def job_over(world, tmp_path, mode: str, done: int):

@@ -6,10 +6,7 @@ how fast a key press answers with 1,000 tasks.
 
 from __future__ import annotations
 
-import json
 import time
-
-import pytest
 
 from orchestrator import state as st
 from support import in_loop, live_job, plain_of, review_job, settled, table_rows, text_of, until, write_trials

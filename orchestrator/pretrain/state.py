@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from peterrec.checkpoint import CheckpointError, load_tensors, save_checkpoint
+from peterrec.checkpoint import CheckpointError, load_tensors, read_safetensors, save_checkpoint
 from peterrec.task_state import save_train_state
 
 RNG_FILE = "rng.safetensors"
@@ -55,10 +54,7 @@ def load_rng(path: Path, rank: int, world: int) -> dict[str, torch.Tensor] | Non
     rng_path = Path(path) / RNG_FILE
     if not rng_path.exists():
         return None
-    try:
-        tensors = load_file(str(rng_path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{rng_path}: not a readable safetensors file ({e})") from None
+    tensors = read_safetensors(rng_path)
     ranks = {int(name.split(".")[1]) for name in tensors}
     if ranks != set(range(world)):
         raise CheckpointError(f"{rng_path}: saved by {len(ranks)} workers, this run has {world}; resume with "

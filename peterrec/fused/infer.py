@@ -15,6 +15,7 @@ import torch
 
 from peterrec.backbone import Backbone, limit_items, trim_padding
 from peterrec.fused.patches import PackedPatches
+from peterrec.fused.stacked import StackedPatches
 from peterrec.fused.train import split_representations
 from peterrec.modes import PACKABLE_MODES
 from peterrec.task_model import TaskModel
@@ -41,10 +42,11 @@ def _row_tasks(task_of_row, names: list[str]) -> torch.Tensor:
 @torch.no_grad()
 def predict_mixed(backbone: Backbone, task_models: Mapping[str, TaskModel], items,
                   task_of_row: Sequence, batch_size: int = 512, strategy: str = "auto",
-                  precision: str = "fp32") -> list[torch.Tensor]:
+                  precision: str = "fp32", stacked: StackedPatches | None = None) -> list[torch.Tensor]:
     """Scores of each row under its own task: a list of N 1-D CPU float tensors (class logits for a
     classify task, scores over the whole target vocabulary for a coldrec task), in row order.
-    precision: fp32 or bf16 (training.autocast_for).
+    precision: fp32 or bf16 (training.autocast_for). stacked: the patches of task_models, in their order,
+    stacked once (stacked_for): rows then gather their task's patches instead of a per-batch restack.
 
     items: (N, L) item ids (array or tensor); task_of_row: N task names (or indices into task_models).
     """
@@ -57,11 +59,19 @@ def predict_mixed(backbone: Backbone, task_models: Mapping[str, TaskModel], item
                          f"(got shape {tuple(items.shape)})")
     device = next(backbone.parameters()).device
     with autocast_for(device, precision):
-        return _predict(backbone, models, items, rows_task, batch_size, strategy, device)
+        return _predict(backbone, models, items, rows_task, batch_size, strategy, device, stacked)
+
+
+def stacked_for(backbone: Backbone, task_models: Mapping[str, TaskModel]) -> StackedPatches:
+    """The StackedPatches of predict_mixed(..., stacked=): every task's patches over `backbone`, in order
+    (tasks with a backbone of their own take no part in the fused pass: None)."""
+    return StackedPatches(backbone, [m.patches if m.mode in PACKABLE_MODES and m.backbone is backbone else None
+                                     for m in task_models.values()])
 
 
 def _predict(backbone: Backbone, models: list[TaskModel], items: torch.Tensor, rows_task: torch.Tensor,
-             batch_size: int, strategy: str, device: torch.device) -> list[torch.Tensor]:
+             batch_size: int, strategy: str, device: torch.device,
+             stacked: StackedPatches | None) -> list[torch.Tensor]:
     out: list[torch.Tensor | None] = [None] * len(rows_task)
     fused = torch.tensor([m.mode in PACKABLE_MODES and m.backbone is backbone for m in models], dtype=torch.bool)
 
@@ -81,16 +91,19 @@ def _predict(backbone: Backbone, models: list[TaskModel], items: torch.Tensor, r
     order = shared[torch.argsort(rows_task[shared], stable=True)]
     for i in range(0, len(order), batch_size):
         chunk = order[i:i + batch_size]
-        tasks, local = torch.unique_consecutive(rows_task[chunk], return_inverse=True)
-        tasks = tasks.tolist()
-        adapter = PackedPatches(backbone, [models[k].patches for k in tasks], local.to(device), strategy)
+        tasks, local, counts = torch.unique_consecutive(rows_task[chunk], return_inverse=True, return_counts=True)
+        tasks, counts = tasks.tolist(), counts.tolist()
+        if stacked is not None and len(tasks) > 1:  # one task alone: its own patches, no gathers
+            adapter = stacked.rows(rows_task[chunk].to(device))
+        else:
+            adapter = PackedPatches(backbone, [models[k].patches for k in tasks], local.to(device), strategy)
         chunk_items = items[chunk].to(device)
-        for k, rows in zip(tasks, torch.arange(len(chunk)).split(adapter.counts)):  # each task's input length
+        for k, rows in zip(tasks, torch.arange(len(chunk)).split(counts)):  # each task's input length
             chunk_items[rows] = limit_items(chunk_items[rows], models[k].input_len, backbone.config.pad_id)
         if backbone.config.mask_padding:
             chunk_items = trim_padding(chunk_items, backbone.config.pad_id)
         hidden = backbone(chunk_items, adapter)  # (b, L, C)
-        reps = split_representations(hidden, [models[k] for k in tasks], adapter.counts, chunk_items)
-        for k, rows, rep in zip(tasks, chunk.split(adapter.counts), reps):
+        reps = split_representations(hidden, [models[k] for k in tasks], counts, chunk_items)
+        for k, rows, rep in zip(tasks, chunk.split(counts), reps):
             put(rows, models[k].head.scores(rep))
     return out

@@ -145,7 +145,7 @@ class PackedPatches:
         return y if self.dest is None else y.index_select(0, self.dest)
 
 
-def _stack_patch(patches: list[nn.Module | None], channels: int, like: torch.Tensor):
+def stack_patch(patches: list[nn.Module | None], channels: int, like: torch.Tensor):
     """Stack K patches into (Wd (K, C, w), bd (K, 1, w), Wu (K, w, C), bu (K, 1, C)); absent or
     narrower patches are zero-padded, which adds exactly zero (GELU(0) = 0)."""
     width = max((p.down.out_features for p in patches if p is not None), default=1)
@@ -182,7 +182,7 @@ class _PackedBlock:
             src = torch.where(pack.row_kind == i, PATCH_INPUT[kind](conv_in, conv_out), src)
         patches = [None if bp is None else (bp.patch1 if which == 0 else bp.patch2)
                    for bp in (pack.task_block(k, self.i) for k in range(pack.k))]
-        wd, bd, wu, bu = _stack_patch(patches, src.shape[-1], src)
+        wd, bd, wu, bu = stack_patch(patches, src.shape[-1], src)
         x = pack.to_slots(src)  # (K, n*L, C)
         h = F.gelu(torch.baddbmm(bd, x, wd))  # (K, n*L, w)
         y = torch.baddbmm(bu, h, wu)  # (K, n*L, C)
