@@ -29,10 +29,15 @@ def add_arguments(parser):
     arch.add_argument("--arch", choices=["causal", "noncausal"], default="causal",
                       help="causal: NextItNet, next-item objective; noncausal: GRec encoder, cloze objective")
     arch.add_argument("--channels", type=int, default=64, help="embedding / hidden width C")
-    arch.add_argument("--dilations", type=_dilations, default="1,4,1,4",
-                      help="comma-separated dilation per residual block (each block covers d and 2d)")
+    arch.add_argument("--dilations", type=_dilations, default="1,4,16,64",
+                      help="comma-separated dilation per residual block (each block covers d and 2d); the "
+                           "default sees 511 items back, a whole MovieLens history")
     arch.add_argument("--kernel", type=int, default=3, help="convolution kernel size")
-    arch.add_argument("--max-len", type=int, default=50, help="most recent items kept per sequence")
+    arch.add_argument("--max-len", type=int, default=200,
+                      help="most recent items a task reads per user (and the pretraining window)")
+    parser.add_argument("--latest-only", action="store_true",
+                        help="pretrain on each user's latest --max-len items only, not on windows covering the "
+                             "whole history (single-process runs; Ray Train runs always use the latest)")
     arch.add_argument("--sampled-softmax", type=_count, default=0, metavar="S",
                       help="train against S sampled negatives instead of the full softmax (large catalogues)")
     parser.add_argument("--valid-fraction", type=_fraction, default=0.05,
@@ -180,7 +185,7 @@ def pretrain_command(args) -> int:
         bar = TrainingBar(progress, "pretrain")
         if args.workers == 1:
             outcome = pretrain(sequences, config, train_config, args.sampled_softmax, device, args.valid_fraction,
-                               on_progress=bar)
+                               on_progress=bar, windows=not args.latest_only)
         else:
             ray_run = pretrain_with_ray(args, sequences, config, train_config, device, bar)
             if ray_run is None:

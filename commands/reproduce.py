@@ -4,29 +4,42 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "the paper's comparison on MovieLens: every baseline x task x seed, one orchestrated job per backbone"
-DESCRIPTION = """Reproduce the paper's Table 3 on real data. Imports a MovieLens 100K or 1M folder, pretrains a
+HELP = "the paper's comparison on MovieLens: every method x task x fold x seed, with baselines and confidence intervals"
+DESCRIPTION = """Reproduce the paper's Table 3 on real data, with user-level k-fold cross-validation. Imports a
+MovieLens 100K or 1M folder, splits its users into --folds folds (every user is tested exactly once), pretrains a
 non-causal (cloze) and a causal (next item) backbone side by side, then fine-tunes the grid
-{FineCLS, FineLast, FineAll, PeterRec serial, PeterRec parallel, PeterZero} x {coldrec, gender, age} x seeds
-as one orchestrated job per backbone on one Ray session. Writes OUT/results.parquet (one row per cell,
-with arch, task, method, seed, test and validation metric), OUT/results.md (Table 3 per architecture:
-mean ± std over seeds and the trained parameters as % of FineAll) and OUT/tradeoff.png (metric against
-trained parameters). Fine-tuning settings are one set per method (reproduce/grid.py,
-REPRODUCE_LR), chosen on the validation split with --select-lr. Examples:
+{FineCLS, FineLast, FineAll, PeterRec serial, PeterRec parallel, PeterZero} x {coldrec, gender, age} x folds x
+seeds as one orchestrated job per backbone on one Ray session. Baselines on the same folds and candidates:
+majority class, bag-of-items logistic regression (scikit-learn, weight decay chosen on validation), popularity
+and item kNN. Writes OUT/results.parquet (one row per cell), OUT/per_row.parquet (every test row's metric),
+OUT/results.md (per architecture: each method and baseline over all test users with a 95% bootstrap CI, and
+paired differences marked where significant) and OUT/tradeoff.png (metric against trained parameters).
+Fine-tuning settings are one set per method (reproduce/grid.py, REPRODUCE_LR), chosen on the validation
+split with --select-lr. Examples:
 
   python cli.py reproduce --movielens ../shared/data/ml-100k --out runs/ml100k
   python cli.py reproduce --movielens ../shared/data/ml-100k --out runs/ml100k-quick --quick
-  python cli.py reproduce --movielens ../shared/data/ml-100k --out runs/ml100k-lr --select-lr 3e-4,1e-3,3e-3,1e-2"""
+  python cli.py reproduce --movielens ../shared/data/ml-100k --out runs/ml100k-lr --select-lr 3e-4,1e-3,3e-3,1e-2
+  python cli.py synth --out runs/paper-data --paper-regime --users 6000 --items 3000 --tasks 4
+  python cli.py reproduce --data runs/paper-data --out runs/paper --archs causal"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--movielens", required=True, metavar="DIR",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--movielens", metavar="DIR",
                         help="a MovieLens 100K (u.data, u.user, u.item) or 1M (ratings.dat, users.dat) folder")
+    source.add_argument("--data", metavar="DIR",
+                        help="instead: a data directory with tasks.toml, e.g. from `synth --paper-regime`; its tasks "
+                             "(or --tasks) are the grid's columns")
     parser.add_argument("--out", required=True, metavar="OUT", help="directory for data, backbones, jobs and results")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="fine-tuning seeds per grid cell (default: 3; 1 with --quick or --select-lr)")
+                        help="fine-tuning seeds per grid cell and fold (default: 1); a test row's metric is "
+                             "averaged over them")
+    parser.add_argument("--folds", type=int, default=None,
+                        help="user-level K-fold cross-validation: every labelled user is tested once (default: 5; "
+                             "2 with --quick)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke variant: tiny backbone, a few steps per cell, one seed (about a minute)")
+                        help="smoke variant: tiny backbone, a few steps per cell, one seed, 2 folds (a minute or two)")
     parser.add_argument("--select-lr", default=None, metavar="LR,LR,...",
                         help="instead of the table: run every method at each of these learning rates (one seed) "
                              "and report the validation metric only, with the learning rate it selects")
@@ -35,8 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an earlier reproduction in OUT")
     grid = parser.add_argument_group("grid and settings (defaults: the documented ones; docs/RESULTS.md)")
     grid.add_argument("--methods", default=None, help="comma-separated subset of finecls, finelast, fineall, "
-                                                      "peterrec_serial, peterrec_parallel, peterzero")
-    grid.add_argument("--tasks", default=None, help="comma-separated subset of coldrec, gender, age")
+                                                      "peterrec_serial, peterrec_parallel, peterzero (the default "
+                                                      "grid), and peterrec_emb (PeterRec + a rank-4 embedding "
+                                                      "patch, not the paper's)")
+    grid.add_argument("--tasks", default=None, help="comma-separated subset of coldrec, gender, age (--movielens) or "
+                                                    "of the data directory's tasks (--data; default: all of them)")
     grid.add_argument("--archs", default=None, help="comma-separated subset of noncausal, causal")
     grid.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs (a cap: the best "
                                                                         "validation-loss epoch is kept)")
@@ -55,7 +71,15 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 def config_from(args):
     from reproduce.grid import ReproduceConfig
 
-    changes = {"seeds": args.seeds if args.seeds is not None else (1 if args.quick or args.select_lr else 3)}
+    changes = {"seeds": args.seeds} if args.seeds is not None else {}
+    if args.data and not args.tasks:
+        from pathlib import Path
+
+        from tasks import load_spec
+
+        changes["tasks"] = tuple(t.name for t in load_spec(Path(args.data) / "tasks.toml").tasks)
+    if args.folds is not None:
+        changes["folds"] = args.folds
     for key in ("methods", "tasks", "archs"):
         names = _names(getattr(args, key))
         if names is not None:
@@ -77,10 +101,11 @@ def parse_lrs(text: str) -> list[float]:
 
 def command_line(args) -> str:
     """The command as a user would type it again (for the spec headers and results.md)."""
-    parts = ["python cli.py reproduce", "--movielens", str(args.movielens), "--out", str(args.out)]
+    source = ["--movielens", str(args.movielens)] if args.movielens else ["--data", str(args.data)]
+    parts = ["python cli.py reproduce", *source, "--out", str(args.out)]
     if args.quick:
         parts.append("--quick")
-    for flag in ("seeds", "select_lr", "methods", "tasks", "archs", "pretrain_epochs", "num_cpus"):
+    for flag in ("seeds", "folds", "select_lr", "methods", "tasks", "archs", "pretrain_epochs", "num_cpus"):
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
@@ -107,12 +132,16 @@ def reproduce_command(args) -> int:
 
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1 (got {args.seeds})")
+    if args.folds is not None and args.folds < 2:
+        raise ValueError(f"--folds must be >= 2 (got {args.folds})")
     config = config_from(args)
     lrs = parse_lrs(args.select_lr) if args.select_lr else None
     options = JobOptions(address=args.address, num_cpus=args.num_cpus, cpus_per_task=1.0)
     console = Console(highlight=False)
     ui = args.ui or ("rich" if sys.stdout.isatty() else "plain")
-    outcome = reproduce(args.movielens, args.out, config, options, command=command_line(args), resume=args.resume,
+    kind = "movielens" if args.movielens else "data"
+    outcome = reproduce(args.movielens or args.data, args.out, config, options, command=command_line(args), kind=kind,
+                        resume=args.resume,
                         force=args.force, select_lrs=lrs, display=partial(make_display, ui, console=console),
                         log=console.print)
     console.print(outcome.files["table"].read_text(), soft_wrap=True, markup=False)

@@ -95,7 +95,7 @@ class JobOutputs:
     def done(self, task_spec, settings, model, summary: dict, seconds: float, attempts: int) -> dict:
         """`model`: the trained TaskModel, or its task state {name: array} as a worker ships it."""
         if not hasattr(model, "task_state_dict"):
-            model = TrainedTask.from_state(settings, model)
+            model = TrainedTask.from_state(settings, model, task_spec.kind, self.backbone.config.causal)
         self._write_bundle(task_spec, settings, model, summary)
         return self._put(done_row(task_spec, summary, seconds, attempts))
 
@@ -129,25 +129,28 @@ class JobOutputs:
 @dataclass
 class TrainedTask:
     """A trained task as a worker ships it (its tensors) with what peterrec.bundle.write_task reads of a
-    TaskModel (mode, patch config, representation, task_state_dict), so the driver records it without
+    TaskModel (mode, patch config, representation, input_len, task_state_dict), so the driver records it without
     building a model: that cost it tens of milliseconds a task, which a 1,000-task job's workers lost on
     the cores they share with it. write_task still checks the tensors against a model built for the
     settings (shapes only)."""
 
     mode: str
     patches: object | None  # has .config (PatchConfig) when the mode is patched
-    representation: str
+    representation: str  # resolved, never 'auto' (as TaskModel holds it)
     tensors: dict
+    input_len: int = 0  # the latest items the task reads (0: all of max_len)
 
     @classmethod
-    def from_state(cls, settings, state: dict) -> "TrainedTask":
+    def from_state(cls, settings, state: dict, kind: str, causal: bool) -> "TrainedTask":
         import torch
 
+        from peterrec.config import resolve_representation
         from peterrec.modes import get_mode
 
         patches = SimpleNamespace(config=settings.patch) if get_mode(settings.mode).patched else None
-        return cls(settings.mode, patches, settings.representation,
-                   {k: torch.tensor(v) for k, v in state.items()})  # copies: v may be read-only
+        return cls(settings.mode, patches, resolve_representation(settings.representation, kind, causal),
+                   {k: torch.tensor(v) for k, v in state.items()},  # copies: v may be read-only
+                   settings.input_len)
 
     def task_state_dict(self) -> dict:
         return self.tensors

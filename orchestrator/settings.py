@@ -96,6 +96,8 @@ class TrainingSettings:
     train_layernorm2: bool = setting(True, "do not train each block's second LayerNorm (patched modes)",
                                      flag="--no-layernorm2", inverted=True, group=WHAT)
     finelast_blocks: int = setting(1, "blocks trained by modes that train the last blocks (finelast)", group=WHAT)
+    embedding_rank: int = setting(0, "patched modes: also a rank-r patch of the frozen item embedding (per-item "
+                                     "weights from the task's labels; 0 = the paper's patches only)", group=WHAT)
     representation: str = setting("auto", "user vector: " + _choices_help(REPRESENTATIONS),
                                   choices=tuple(REPRESENTATIONS), group=WHAT)
     eval_negatives: int = setting(99, "sampled negatives for cold-start metrics; 0 = rank the whole target "
@@ -127,7 +129,8 @@ class TrainingSettings:
         from peterrec.training import TrainConfig
 
         patch = PatchConfig(bottleneck_ratio=self.bottleneck_ratio, cardinality=self.cardinality,
-                            insertion=self.insertion, train_layernorm2=self.train_layernorm2)
+                            insertion=self.insertion, train_layernorm2=self.train_layernorm2,
+                            embedding_rank=self.embedding_rank)
         train = TrainConfig(epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr,
                             weight_decay=self.weight_decay, seed=self.seed, precision=self.precision)
         return FinetuneSettings(mode=self.mode, patch=patch, train=train, finelast_blocks=self.finelast_blocks,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peterrec.config import REPRESENTATIONS, BackboneConfig
+from peterrec.config import BackboneConfig
 
 
 class BlockAdapter(Protocol):
@@ -111,17 +111,23 @@ class ResidualBlock(nn.Module):
         self.conv2 = DilatedConv(c, k, 2 * dilation, config.causal)
         self.ln2 = nn.LayerNorm(c)
 
-    def forward(self, x: torch.Tensor, adapter: BlockAdapter | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, adapter: BlockAdapter | None = None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """keep (B, L, 1): 1 at real positions, 0 at padding, whose states are then held at zero (what
+        the second conv reads there, and the block's output)."""
         h = self.conv1(x)  # (B, L, C)
         if adapter is not None:
             h = adapter.conv(0, x, h)
         h = F.relu(self.ln1(h), inplace=True)  # in place: LayerNorm keeps its input, not its output
+        if keep is not None:
+            h = h * keep
         h2 = self.conv2(h)
         if adapter is not None:
             h2 = adapter.norm2(adapter.conv(1, h, h2), self.ln2)
         else:
             h2 = self.ln2(h2)
-        return x + F.relu(h2, inplace=True)
+        out = x + F.relu(h2, inplace=True)
+        return out if keep is None else out * keep
 
 
 class Backbone(nn.Module):
@@ -138,25 +144,45 @@ class Backbone(nn.Module):
             self.embedding.weight[config.pad_id].zero_()
 
     def forward(self, items: torch.Tensor, adapters=None) -> torch.Tensor:
-        """items (B, L) int64; adapters: None or an object with .block(i) -> BlockAdapter."""
-        x = self.embedding(items)  # (B, L, C)
+        """items (B, L) int64; adapters: None or an object with .block(i) -> BlockAdapter.
+
+        With config.mask_padding the padding positions stay zero after every block: they then act as the
+        convolution's own zero padding, so a real position's state does not depend on the padding."""
+        x = self.embedding(items)  # (B, L, C); the padding row is zero
+        embed = getattr(adapters, "embed", None)
+        if embed is not None:  # a task's embedding patch (patches.EmbeddingPatch)
+            x = embed(items, x)
+        keep = (items != self.config.pad_id).unsqueeze(-1).to(x.dtype) if self.config.mask_padding else None
+        if keep is not None and embed is not None:  # whatever a patch did to the padding row, it stays zero
+            x = x * keep
         for i, block in enumerate(self.blocks):
-            x = block(x, None if adapters is None else adapters.block(i))
+            x = block(x, None if adapters is None else adapters.block(i), keep)
         return x
 
 
-def user_representation(hidden: torch.Tensor, causal: bool, how: str = "auto") -> torch.Tensor:
-    """One vector per user from hidden states (B, L, C) of a left-padded sequence.
+def limit_items(items: torch.Tensor, input_len: int, pad_id: int = 0) -> torch.Tensor:
+    """A left-padded batch with only each row's latest `input_len` items kept (the rest set to padding,
+    same width); 0 keeps everything. With mask_padding this is exactly the shorter input."""
+    if not input_len or input_len >= items.shape[1]:
+        return items
+    items = items.clone()
+    items[:, :-input_len] = pad_id
+    return items
 
-    auto: the last position for a causal backbone (it has seen the whole sequence), the sum of the
-    first and last positions for a non-causal one (as the paper's reference code does).
-    """
-    if how == "auto":
-        how = "last" if causal else "first_last"
-    if how == "last":
-        return hidden[:, -1]
-    if how == "first_last":
-        return hidden[:, 0] + hidden[:, -1]
-    if how == "mean":
-        return hidden.mean(dim=1)
-    raise ValueError(f"unknown user representation {how!r} (expected one of {', '.join(REPRESENTATIONS)})")
+
+def trim_padding(items: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """A left-padded batch without its leading columns that are padding in every row (at least one column
+    kept). Exact for a backbone with mask_padding; it saves the work of those columns."""
+    real = (items != pad_id).any(dim=0)
+    first = int(real.to(torch.int8).argmax()) if bool(real.any()) else items.shape[1] - 1
+    return items[:, first:] if first else items
+
+
+def user_representation(hidden: torch.Tensor, causal: bool, how: str = "auto", items: torch.Tensor | None = None,
+                        pad_id: int = 0, attention=None) -> torch.Tensor:
+    """One vector per user from hidden states (B, L, C) of a left-padded sequence (peterrec.pooling);
+    items (B, L) tell the real positions apart from padding (None: every position counts)."""
+    from peterrec.pooling import pool
+
+    mask = None if items is None else items != pad_id
+    return pool(hidden, mask, how, causal, attention)

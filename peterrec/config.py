@@ -11,12 +11,29 @@ INSERTIONS = {
     "serial": "patch each dilated conv's output: h + patch(h)",
     "parallel": "patch beside each dilated conv, reading its input: h + patch(x)",
 }
-REPRESENTATIONS = {  # how the user vector is read off the hidden states (backbone.user_representation)
-    "auto": "the last position (causal) or first + last positions (non-causal)",
+REPRESENTATIONS = {  # how the user vector is read off the hidden states (peterrec.pooling)
+    "auto": "mean for profile (classify) tasks, attention for cold start (chosen on validation, docs/RESULTS.md)",
     "last": "the last position",
-    "first_last": "the sum of the first and last positions",
-    "mean": "the mean over positions",
+    "first_last": "the sum of the first real item's and the last position",
+    "mean": "the mean over real (non-padding) positions",
+    "attention": "a learned attention pooling over real positions (3C parameters, trained with the head)",
 }
+AUTO_REPRESENTATION = {"classify": "mean", "coldrec": "attention"}
+
+
+def resolve_representation(how: str, kind: str, causal: bool) -> str:
+    """The representation a task model uses: 'auto' becomes the default for the task's kind."""
+    if how != "auto":
+        return how
+    return AUTO_REPRESENTATION.get(kind, "last" if causal else "first_last")
+
+
+def legacy_representation(how: str, causal: bool) -> str:
+    """What 'auto' meant in bundles written before it was resolved when the model was built: the last
+    position (causal), or column 0 + the last one (non-causal)."""
+    if how != "auto":
+        return how
+    return "last" if causal else "legacy_first_last"
 
 
 def _check(problems: list[str], owner: str) -> None:
@@ -35,6 +52,10 @@ class BackboneConfig:
     causal: bool = True  # True: NextItNet (left padding only); False: GRec encoder (symmetric)
     pad_id: int = 0
     max_len: int = 50  # sequences are cut to their most recent max_len items
+    # Padding positions held at zero after the embedding and every block: a user's hidden states then do
+    # not depend on how much padding the batch gave them (and batches may be cut to their longest row).
+    # Checkpoints written before this field existed read as False, so they compute what they always did.
+    mask_padding: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
@@ -66,6 +87,8 @@ class BackboneConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["dilations"] = list(self.dilations)
+        if not self.mask_padding:  # as checkpoints written before the field had it (same fingerprint)
+            del d["mask_padding"]
         return d
 
     @classmethod
@@ -74,7 +97,7 @@ class BackboneConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"invalid BackboneConfig: unknown fields {unknown}")
-        return cls(**d)
+        return cls(**{"mask_padding": False, **d})
 
 
 @dataclass(frozen=True)
@@ -89,6 +112,11 @@ class PatchConfig:
     insertion: str = "serial"  # a key of INSERTIONS
     train_layernorm2: bool = True  # the reference code also trains each block's second LayerNorm
     init_std: float = 1e-3  # W_up starts this small, so a fresh patch is near identity
+    # A task's low-rank change of the frozen item embedding, E[i] + A[i] @ B (A: vocab x r, starts at zero):
+    # per-item weights learnt from the task's labels, which a frozen embedding cannot give (issue 14's
+    # findings: the only PeterRec variant above the majority class on ML-100K age). 0 = the paper's patches
+    # only (the embedding stays untouched).
+    embedding_rank: int = 0
 
     def __post_init__(self):
         problems = []
@@ -100,6 +128,8 @@ class PatchConfig:
             problems.append(f"insertion must be one of {', '.join(INSERTIONS)} (got {self.insertion!r})")
         if self.init_std < 0:
             problems.append(f"init_std must be >= 0 (got {self.init_std})")
+        if self.embedding_rank < 0:
+            problems.append(f"embedding_rank must be >= 0 (got {self.embedding_rank})")
         _check(problems, "PatchConfig")
 
     def width(self, channels: int) -> int:
@@ -112,7 +142,10 @@ class PatchConfig:
         return width
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.embedding_rank:  # as bundles written before the field had it
+            del d["embedding_rank"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PatchConfig":

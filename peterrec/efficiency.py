@@ -15,7 +15,7 @@ class ParamReport:
     mode: str
     trained_params: int  # tensors optimised for this task
     backbone_params: int  # the shared pretrained backbone (embedding + blocks)
-    fineall_params: int  # what FineAll trains for the same task: backbone + head
+    fineall_params: int  # what FineAll trains for the same task: backbone + head (+ a learned pooling)
     stored_params: int  # what a bundle stores for the task (trained, plus PeterZero's own backbone)
 
     @property
@@ -39,9 +39,14 @@ def param_report(task_model) -> ParamReport:
         mode=task_model.mode,
         trained_params=count_parameters(task_model, trainable_only=True),
         backbone_params=backbone,
-        fineall_params=backbone + count_parameters(task_model.head),
+        fineall_params=backbone + count_parameters(task_model.head) + _pooling_params(task_model),
         stored_params=sum(t.numel() for t in task_model.task_state_dict().values()),
     )
+
+
+def _pooling_params(task_model) -> int:
+    pooling = getattr(task_model, "pooling", None)
+    return count_parameters(pooling) if pooling is not None else 0
 
 
 def count_parameters_of_config(config) -> int:

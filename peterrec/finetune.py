@@ -16,7 +16,7 @@ from peterrec.backbone import Backbone
 from peterrec.config import REPRESENTATIONS, PatchConfig
 from peterrec.efficiency import ParamReport, param_report
 from peterrec.modes import get_mode
-from peterrec.metrics import accuracy, parse_metric, rank_metrics_for, sample_negatives
+from peterrec.metrics import accuracy, parse_metric, rank_metrics_for, row_values, sample_negatives
 from peterrec.task_model import TaskModel, build_task_model
 from peterrec.task_state import load_task_state, save_task_state
 from peterrec.training import (Progress, TrainConfig, TrainResult, TrainState, autocast_for, make_optimizer, train,
@@ -35,11 +35,12 @@ class FinetuneSettings:
     finelast_blocks: int = 1
     representation: str = "auto"
     eval_negatives: int = 99  # the paper's protocol; 0 = full ranking over the target vocabulary
+    input_len: int = 0  # a user's latest items the task reads; 0 = the backbone's max_len
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "patch": self.patch.to_dict(), "train": self.train.to_dict(),
                 "finelast_blocks": self.finelast_blocks, "representation": self.representation,
-                "eval_negatives": self.eval_negatives}
+                "eval_negatives": self.eval_negatives, "input_len": self.input_len}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneSettings":
@@ -48,12 +49,12 @@ class FinetuneSettings:
         return cls(mode=d["mode"], patch=PatchConfig.from_dict(d["patch"]),
                    train=TrainConfig(**{k: v for k, v in d["train"].items() if k in train_keys}),
                    finelast_blocks=d["finelast_blocks"], representation=d["representation"],
-                   eval_negatives=d["eval_negatives"])
+                   eval_negatives=d["eval_negatives"], input_len=d.get("input_len", 0))
 
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 PATCH_KEYS = {f.name for f in fields(PatchConfig)}
-TOP_KEYS = {"mode", "finelast_blocks", "representation", "eval_negatives"}
+TOP_KEYS = {"mode", "finelast_blocks", "representation", "eval_negatives", "input_len"}
 OVERRIDE_KEYS = TRAIN_KEYS | PATCH_KEYS | TOP_KEYS
 
 
@@ -82,15 +83,22 @@ def check_settings(settings: FinetuneSettings, backbone_config) -> None:
     if settings.eval_negatives < 0:
         raise ValueError(f"eval_negatives must be >= 0 (got {settings.eval_negatives}; 0 ranks the whole target "
                          f"vocabulary)")
+    if not 0 <= settings.input_len <= backbone_config.max_len:
+        raise ValueError(f"input_len must lie in 0..{backbone_config.max_len} (the backbone's max_len; 0 = all of "
+                         f"it), got {settings.input_len}")
     if settings.representation not in REPRESENTATIONS:
         raise ValueError(f"unknown representation {settings.representation!r} (expected one of "
                          f"{', '.join(REPRESENTATIONS)})")
 
 
-def task_arrays(task_data, sequences, part: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(items (N, max_len) left-padded, labels (N,)) of one split of a task."""
+def task_arrays(task_data, sequences, part: str, max_len: int, input_len: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(items (N, max_len) left-padded, labels (N,)) of one split of a task; with input_len, only each
+    user's latest input_len items (the same width, so tasks of any input_len pack together)."""
     rows, labels = task_data.part(part)
-    return sequences.padded(rows, max_len), np.asarray(labels, dtype=np.int64)
+    items = sequences.padded(rows, max_len)
+    if input_len and input_len < max_len:
+        items[:, :-input_len] = 0
+    return items, np.asarray(labels, dtype=np.int64)
 
 
 class TaskEvaluator:
@@ -129,6 +137,14 @@ class TaskEvaluator:
         if self.kind == "classify":
             return {"accuracy": accuracy(scores, self.labels)}
         return rank_metrics_for(scores, self.labels, self.negatives, self.k)
+
+    def row_values(self, model: TaskModel) -> np.ndarray:
+        """The task metric of each row (metrics.row_values): what a bootstrap over users resamples."""
+        was_training = model.training
+        model.eval()
+        scores = self.scores(model)
+        model.train(was_training)
+        return row_values(self.metric, scores, self.labels, self.negatives)
 
     def value(self, model: TaskModel) -> float:
         return self.evaluate(model)[self.metric]
@@ -196,19 +212,20 @@ class PreparedTask:
 
 def prepare_task(backbone: Backbone, task_spec, task_data, sequences, settings: FinetuneSettings) -> PreparedTask:
     settings = with_overrides(settings, task_spec.overrides or {})
-    max_len = backbone.config.max_len
-    arrays = task_arrays(task_data, sequences, "train", max_len)
+    max_len, input_len = backbone.config.max_len, settings.input_len
+    arrays = task_arrays(task_data, sequences, "train", max_len, input_len)
     if len(arrays[1]) == 0:
         raise ValueError(f"task {task_spec.name!r} has no training rows")
     evaluators = {
         part: TaskEvaluator(task_spec.kind, task_spec.metric, task_spec.num_outputs,
-                            *task_arrays(task_data, sequences, part, max_len),
+                            *task_arrays(task_data, sequences, part, max_len, input_len),
                             negatives=settings.eval_negatives, seed=settings.train.seed + i,
                             precision=settings.train.precision)
         for i, part in enumerate(("valid", "test"))
     }
     model = build_task_model(backbone, task_spec.kind, task_spec.num_outputs, settings.mode, settings.patch,
-                             settings.finelast_blocks, settings.representation, seed=settings.train.seed)
+                             settings.finelast_blocks, settings.representation, seed=settings.train.seed,
+                             input_len=input_len)
     return PreparedTask(task_spec, settings, model, arrays, evaluators)
 
 

@@ -69,6 +69,24 @@ def rank_metrics_for(task_scores: torch.Tensor, labels: torch.Tensor, negatives:
     return ranking_metrics(ranks_against(pos, task_scores.gather(1, negatives)), k)
 
 
+def row_values(metric: str, scores: torch.Tensor, labels: torch.Tensor,
+               negatives: torch.Tensor | None = None) -> np.ndarray:
+    """The task metric per row (its mean is the metric): 0/1 correct for accuracy; for mrr/hr/ndcg@k
+    the row's reciprocal rank, hit or gain at k, against `negatives` (N, M) when given, else full ranking.
+    What a confidence interval over users resamples."""
+    base, k = parse_metric(metric)
+    if base == "accuracy":
+        return (scores.argmax(dim=-1) == labels).double().numpy()
+    if negatives is None:
+        ranks = full_ranks(scores, labels)
+    else:
+        ranks = ranks_against(scores.gather(1, labels[:, None])[:, 0], scores.gather(1, negatives))
+    ranks = ranks.double()
+    hit = ranks <= k
+    value = {"mrr": 1.0 / ranks, "hr": torch.ones_like(ranks), "ndcg": 1.0 / torch.log2(ranks + 1)}[base]
+    return torch.where(hit, value, 0.0).numpy()
+
+
 def parse_metric(name: str) -> tuple[str, int | None]:
     """'accuracy' -> ('accuracy', None); 'mrr@5' -> ('mrr', 5)."""
     if name == "accuracy":

@@ -65,14 +65,35 @@ class BlockPatches(nn.Module):
         return (self.ln2 or layer_norm)(h)
 
 
+class EmbeddingPatch(nn.Module):
+    """A task's low-rank change of the frozen item embedding: A[item] @ B (A: vocab x r, B: r x C), added to
+    E[item]. A starts at zero, so a fresh patch leaves the pretrained model as it is; padding stays zero."""
+
+    def __init__(self, vocab: int, channels: int, rank: int, pad_id: int):
+        super().__init__()
+        self.a = nn.Embedding(vocab, rank, padding_idx=pad_id)
+        nn.init.zeros_(self.a.weight)
+        self.b = nn.Parameter(torch.randn(rank, channels) / rank ** 0.5)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.a(items) @ self.b.to(self.a.weight.dtype)  # (B, L, C)
+
+
 class TaskPatches(nn.Module):
-    """All patches of one task, one BlockPatches per residual block of the backbone."""
+    """All patches of one task, one BlockPatches per residual block of the backbone, and optionally an
+    EmbeddingPatch (PatchConfig.embedding_rank)."""
 
     def __init__(self, backbone: Backbone, config: PatchConfig):
         super().__init__()
         self.config = config
-        channels = backbone.config.channels
-        self.blocks = nn.ModuleList(BlockPatches(channels, config, b.ln2) for b in backbone.blocks)
+        cfg = backbone.config
+        self.blocks = nn.ModuleList(BlockPatches(cfg.channels, config, b.ln2) for b in backbone.blocks)
+        self.embedding = (EmbeddingPatch(cfg.vocab_size + 1, cfg.channels, config.embedding_rank, cfg.pad_id)
+                          if config.embedding_rank else None)
 
     def block(self, i: int) -> BlockPatches:
         return self.blocks[i]
+
+    def embed(self, items: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The item embeddings x (B, L, C) of items (B, L), with this task's embedding patch added."""
+        return x if self.embedding is None else x + self.embedding(items).to(x.dtype)

@@ -13,29 +13,40 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from peterrec.backbone import Backbone, user_representation
-from peterrec.config import PatchConfig
+from peterrec.backbone import Backbone, limit_items, trim_padding
+from peterrec.config import PatchConfig, resolve_representation
 from peterrec.heads import make_head
 from peterrec.modes import get_mode
 from peterrec.patches import TaskPatches
+from peterrec.pooling import make_pool, pool
 
 
 class TaskModel(nn.Module):
-    """A backbone (shared or owned), optional task patches and a task head."""
+    """A backbone (shared or owned), optional task patches, a pooling (learned for 'attention') and a
+    task head."""
 
     def __init__(self, backbone: Backbone, head: nn.Module, patches: TaskPatches | None, mode: str,
-                 representation: str = "auto"):
+                 representation: str = "last", pooling: nn.Module | None = None, input_len: int = 0):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.patches = patches
         self.mode = mode
-        self.representation = representation
+        self.representation = representation  # resolved: never 'auto' (bundles record this name)
+        self.pooling = pooling
+        self.input_len = input_len  # the latest items it reads (0: all the backbone's max_len)
+
+    def represent(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B, L, C) hidden states of items (B, L) -> user representation (B, C)."""
+        cfg = self.backbone.config
+        return pool(hidden, items != cfg.pad_id, self.representation, cfg.causal, self.pooling)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items (B, L) -> user representation (B, C)."""
-        hidden = self.backbone(items, self.patches)
-        return user_representation(hidden, self.backbone.config.causal, self.representation)
+        items = limit_items(items, self.input_len, self.backbone.config.pad_id)
+        if self.backbone.config.mask_padding:
+            items = trim_padding(items, self.backbone.config.pad_id)
+        return self.represent(self.backbone(items, self.patches), items)
 
     def loss(self, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.head.loss(self(items), labels)
@@ -92,7 +103,7 @@ def task_backbone(backbone: Backbone, kind: str) -> Backbone:
 
 def build_task_model(backbone: Backbone, kind: str, num_outputs: int, mode: str = "peterrec",
                      patch_config: PatchConfig | None = None, finelast_blocks: int = 1,
-                     representation: str = "auto", seed: int = 0) -> TaskModel:
+                     representation: str = "auto", seed: int = 0, input_len: int = 0) -> TaskModel:
     """Wire a task model around `backbone` for `mode`; the shared backbone is never modified."""
     spec = get_mode(mode)
     torch.manual_seed(seed)  # patch and head initialisation are repeatable
@@ -105,8 +116,11 @@ def build_task_model(backbone: Backbone, kind: str, num_outputs: int, mode: str 
     device = next(backbone.parameters()).device
     patches = TaskPatches(backbone, patch_config or PatchConfig()).to(device) if spec.patched else None
     head = make_head(kind, backbone.config.channels, num_outputs).to(device)
+    representation = resolve_representation(representation, kind, backbone.config.causal)
+    pooling = make_pool(representation, backbone.config.channels)
     # Only the new parts move: the backbone is already there (walking it costs more than the rest).
-    return TaskModel(backbone, head, patches, mode, representation)
+    return TaskModel(backbone, head, patches, mode, representation,
+                     None if pooling is None else pooling.to(device), input_len)
 
 
 class _SkipValueOps(TorchFunctionMode):

@@ -1,18 +1,24 @@
-"""The paper's comparison (Table 3) on MovieLens, as one pipeline: import -> pretrain -> grid -> report.
+"""The paper's comparison (Table 3) on MovieLens, as one pipeline: import -> folds -> pretrain -> grid -> report.
 
     OUT/data/                  the imported MovieLens data directory (never part of the repository)
+    OUT/folds/f<i>/            fold i of the user-level K-fold: its task tables and spec (tasks.folds)
     OUT/backbones/<arch>/      one pretrained checkpoint per architecture (noncausal, causal)
-    OUT/grid/<arch>.toml       the grid as a task spec: one [[task]] per cell, its settings as overrides
+    OUT/grid/<arch>.toml       the grid as a task spec: one [[task]] per cell (task, method, seed, fold)
     OUT/jobs/<arch>/           one orchestrated fine-tuning job per backbone (results.parquet + bundle)
-    OUT/results.parquet        every cell of both jobs, with arch, task, method, seed, valid and test metric
-    OUT/results.md             Table 3 per architecture (reproduce/report.py), OUT/tradeoff.png
+    OUT/results.parquet        every cell of both jobs, with arch, task, fold, method, seed, valid and test metric
+    OUT/per_row.parquet        every test row's metric, per cell (re-scored from its bundle entry) and per
+                               baseline (majority, popularity, bag-of-items LR, item kNN; same folds and candidates)
+    OUT/baselines.json         what each baseline chose on each fold's validation users
+    OUT/results.md             per architecture and task: each method over all test users with a 95% bootstrap
+                               CI, paired differences with significance marks (reproduce/report.py); tradeoff.png
 
 A job holds one backbone, so the two architectures are two jobs, run one after the other on the same
-Ray session; the two pretrainings run side by side as two Ray tasks of that session first.
+Ray session; the two pretrainings run side by side as two Ray tasks of that session first. Every fold's
+cells are tasks of the same job. Pretraining is self-supervised on every user's source sequence (no labels).
 
 Settings: one set per method (ReproduceConfig, REPRODUCE_LR), chosen on the VALIDATION split with
-`--select-lr` (its report shows validation metrics only); the table reports the TEST split. Each run
-keeps the weights of its best validation epoch (training.TrainConfig.keep_best).
+`--select-lr` (fold 0's valid users; its report shows validation metrics only); the tables report the TEST
+users of every fold. Each run keeps the weights of its best validation epoch (training.TrainConfig.keep_best).
 """
 
 from __future__ import annotations
@@ -30,6 +36,19 @@ from reproduce.grid import Cell, ReproduceConfig, grid_cells
 from tasks.atomic import staged_file, write_json_atomic, write_text_atomic
 
 # Data --------------------------------------------------------------------------------------------------
+
+
+def data_spec(source: Path, kind: str, data_dir: Path, config: ReproduceConfig, resume: bool) -> Path:
+    """The data's spec: OUT/data imported from a MovieLens folder, or a data directory's own tasks.toml (read
+    only, e.g. `synth --paper-regime`); every task of the grid must be in it."""
+    from tasks import load_spec
+
+    spec = import_data(source, data_dir, config, resume) if kind == "movielens" else source / "tasks.toml"
+    names = {t.name for t in load_spec(spec).tasks}
+    missing = [t for t in config.tasks if t not in names]
+    if missing:
+        raise ValueError(f"{spec}: no task(s) {missing} (tasks: {', '.join(sorted(names))}); pass --tasks")
+    return spec
 
 
 def import_data(movielens: Path, data_dir: Path, config: ReproduceConfig, resume: bool) -> Path:
@@ -87,20 +106,20 @@ def pretrain_backbones(spec_path: Path, out: Path, config: ReproduceConfig, resu
 # The grid as orchestrated jobs -----------------------------------------------------------------------
 
 
-def write_grid_spec(data_spec: Path, path: Path, cells: list[Cell], config: ReproduceConfig, command: str,
+def write_grid_spec(fold_specs: list[Path], path: Path, cells: list[Cell], config: ReproduceConfig, command: str,
                     tag_lr: bool = False) -> Path:
-    """A task spec whose tasks are the grid cells: each points at the imported task's table, with the
+    """A task spec whose tasks are the grid cells: each points at its fold's table of the task, with the
     cell's method, seed and learning rate as overrides."""
     from tasks import load_spec, write_spec
 
-    data = load_spec(data_spec)
+    folds = [load_spec(p) for p in fold_specs]
     tasks = []
     for cell in cells:
-        base = data.task(cell.task)
+        base = folds[cell.fold].task(cell.task)
         tasks.append(replace(base, name=cell.name(tag_lr), overrides=cell.overrides(config, base.kind)))
-    grid = replace(data, path=path, tasks=tasks)
+    grid = replace(folds[0], path=path, tasks=tasks)
     return write_spec(path, grid, command, notes=[f"The reproduction grid: {len(cells)} cells "
-                                                  "(task__method__seed), one orchestrated job per backbone."])
+                                                  "(task__method__seed__fold), one orchestrated job per backbone."])
 
 
 def run_job(spec: Path, backbone: Path, job_dir: Path, config: ReproduceConfig, options, resume: bool,
@@ -126,46 +145,9 @@ def run_job(spec: Path, backbone: Path, job_dir: Path, config: ReproduceConfig, 
         plan.release()
 
 
-def references(spec_path: Path, config: ReproduceConfig) -> dict[str, float]:
-    """What the test split gives without any model: the training split's majority class (classify) and
-    item popularity in the training split (coldrec, scored on the candidates each seed's evaluation
-    draws, averaged over seeds). A row of the table, so that the methods can be read against it."""
-    import torch
-
-    from peterrec.finetune import TaskEvaluator
-    from tasks import load_job
-
-    job, _, task_data = load_job(spec_path)
-    out = {}
-    for name in config.tasks:
-        data = task_data[name]
-        spec = data.spec
-        _, train_labels = data.part("train")
-        _, test_labels = data.part("test")
-        counts = np.bincount(train_labels, minlength=spec.num_outputs).astype(np.float64)
-        if spec.kind == "classify":
-            out[name] = float(np.mean(test_labels == counts.argmax()))
-            continue
-        values = []
-        for seed in range(config.seeds):  # finetune_task draws the test candidates with seed + 1
-            evaluator = TaskEvaluator(spec.kind, spec.metric, spec.num_outputs, np.zeros((len(test_labels), 1)),
-                                      test_labels, negatives=config.eval_negatives, seed=seed + 1)
-            ties = np.random.default_rng(seed).uniform(0, 0.5, spec.num_outputs)  # equal counts: a random order
-            scores = torch.as_tensor(counts + ties).expand(len(test_labels), -1)
-            values.append(_ranked(evaluator, scores)[spec.metric])
-        out[name] = float(np.mean(values))
-    return out
-
-
-def _ranked(evaluator, scores) -> dict[str, float]:
-    from peterrec.metrics import rank_metrics_for
-
-    return rank_metrics_for(scores, evaluator.labels, evaluator.negatives, evaluator.k)
-
-
 # Results -----------------------------------------------------------------------------------------------
 
-RESULT_COLUMNS = ("arch", "task", "method", "method_label", "mode", "insertion", "seed", "lr", "cell", "kind",
+RESULT_COLUMNS = ("arch", "task", "fold", "method", "method_label", "mode", "insertion", "seed", "lr", "cell", "kind",
                   "status", "metric", "value", "valid_value", "trained_params", "backbone_params",
                   "fineall_params", "ratio_vs_fineall", "seconds", "error")
 
@@ -189,7 +171,8 @@ def collect(jobs: dict[str, Path], cells: list[Cell], tag_lr: bool = False) -> l
                 if row["status"] == "done" and bundle is not None:
                     valid = bundle.config(row["task"])["metrics"].get("valid", {}).get(row["metric"])
                 m = cell.method
-                rows.append({"arch": arch, "task": cell.task, "method": m.name, "method_label": m.label,
+                rows.append({"arch": arch, "task": cell.task, "fold": cell.fold, "method": m.name,
+                             "method_label": m.label,
                              "mode": m.mode, "insertion": m.insertion if m.mode in ("peterrec", "peterzero") else None,
                              "seed": cell.seed, "lr": cell.lr, "cell": row["task"], "kind": row["kind"],
                              "status": row["status"], "metric": row["metric"], "value": row["value"],
@@ -208,7 +191,7 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     import pyarrow.parquet as pq
 
     schema = pa.schema([
-        ("arch", pa.string()), ("task", pa.string()), ("method", pa.string()), ("method_label", pa.string()),
+        ("arch", pa.string()), ("task", pa.string()), ("fold", pa.int32()), ("method", pa.string()), ("method_label", pa.string()),
         ("mode", pa.string()), ("insertion", pa.string()), ("seed", pa.int32()), ("lr", pa.float64()),
         ("cell", pa.string()), ("kind", pa.string()), ("status", pa.string()), ("metric", pa.string()),
         ("value", pa.float64()), ("valid_value", pa.float64()), ("trained_params", pa.int64()),
@@ -238,8 +221,8 @@ class ReproduceOutcome:
 
 
 CONFIG_FILE = "reproduce.json"
-OUTPUTS = ("data", "backbones", "grid", "jobs", "selection", CONFIG_FILE, "results.parquet", "results.md",
-           "tradeoff.png", "selection.parquet", "selection.md", "timings.json")
+OUTPUTS = ("data", "folds", "backbones", "grid", "jobs", "selection", CONFIG_FILE, "results.parquet", "results.md",
+           "per_row.parquet", "baselines.json", "tradeoff.png", "selection.parquet", "selection.md", "timings.json")
 
 
 def prepare_out(out: Path, config: ReproduceConfig, resume: bool, force: bool, source: str) -> None:
@@ -283,29 +266,34 @@ def record_timings(path: Path, timings: dict[str, float], resume: bool) -> None:
     write_json_atomic(path, {"runs": runs})
 
 
-def reproduce(movielens: Path, out: Path, config: ReproduceConfig, options, *, command: str,
+def reproduce(source: Path, out: Path, config: ReproduceConfig, options, *, command: str, kind: str = "movielens",
               resume: bool = False, force: bool = False, select_lrs: list[float] | None = None,
               display: Callable | None = None, log: Callable[[str], None] = print) -> ReproduceOutcome:
     """Import, pretrain every architecture, run the grid as one job per backbone on one Ray session, and
     write the merged results, the tables and the plot. With `select_lrs` the grid is every method at
     each of those learning rates (one seed): the validation report that chose REPRODUCE_LR."""
     from orchestrator.cluster import check_address, connect
-    from reproduce.report import selection_markdown, table_markdown, tradeoff_plot
+    from reproduce.evaluation import baseline_rows, method_rows, prepare_folds, write_per_row
+    from reproduce.report import selection_markdown, summarise, table_markdown, tradeoff_plot
     from tasks.paths import check_apart, require_dir
 
     start = time.perf_counter()
     out = Path(out)
-    movielens = require_dir(movielens, "--movielens: a MovieLens folder (u.data + u.user, or ratings.dat)")
-    check_apart(out, "--out", {"--movielens": movielens})
+    flag = f"--{kind}"
+    what = "a MovieLens folder (u.data + u.user, or ratings.dat)" if kind == "movielens" else \
+        "a data directory with tasks.toml (synth, import)"
+    source = require_dir(source, f"{flag}: {what}")
+    check_apart(out, "--out", {flag: source})
     if options.address:  # within seconds, before OUT is taken
         check_address(options.address)
-    prepare_out(out, config, resume, force, str(movielens.absolute()))
+    prepare_out(out, config, resume, force, str(source.absolute()))
     timings = {}
-    spec = import_data(movielens, out / "data", config, resume)
+    spec = data_spec(source, kind, out / "data", config, resume)
     timings["import"] = time.perf_counter() - start
-    log(f"imported {movielens} into {out / 'data'} ({timings['import']:.0f} s)")
+    log(f"data: {spec} ({timings['import']:.0f} s)")
+    fold_specs = prepare_folds(spec, out / "folds", config, resume)
     tag_lr = bool(select_lrs)
-    cells = grid_cells(config, select_lrs)
+    cells = grid_cells(config, select_lrs, folds=1 if tag_lr else None)  # a selection: fold 0's valid users
     stage = "selection" if tag_lr else "jobs"
     cluster = connect(options.address, options.num_cpus, options.num_gpus, options.object_store_mb)
     try:
@@ -313,11 +301,12 @@ def reproduce(movielens: Path, out: Path, config: ReproduceConfig, options, *, c
         timings["pretrain"] = time.perf_counter() - start - timings["import"]
         jobs = {}
         for arch in config.archs:
-            grid = write_grid_spec(spec, out / "grid" / f"{arch}{'.select' if tag_lr else ''}.toml", cells, config,
+            grid = write_grid_spec(fold_specs, out / "grid" / f"{arch}{'.select' if tag_lr else ''}.toml", cells, config,
                                    command, tag_lr)
             jobs[arch] = out / stage / arch
             log(f"fine-tuning the {arch} grid: {len(cells)} cells ({len(config.methods)} methods x "
-                f"{len(config.tasks)} tasks x {config.seeds if not tag_lr else 1} seed(s)"
+                f"{len(config.tasks)} tasks x {config.seeds if not tag_lr else 1} seed(s) x "
+                f"{1 if tag_lr else config.folds} fold(s)"
                 f"{f' x {len(select_lrs)} learning rates' if tag_lr else ''}) -> {jobs[arch]}")
             t0 = time.perf_counter()
             run_job(grid, backbones[arch], jobs[arch], config, options, resume, display)
@@ -333,13 +322,19 @@ def reproduce(movielens: Path, out: Path, config: ReproduceConfig, options, *, c
         write_text_atomic(files["table"], text)
     else:
         files["results"] = write_rows(out / "results.parquet", rows)
+        t0 = time.perf_counter()
+        per_row = method_rows(jobs, backbones, fold_specs, cells, config, log)
+        base_rows, chosen = baseline_rows(fold_specs, config)
+        files["per_row"] = write_per_row(out / "per_row.parquet", per_row + base_rows)
+        write_json_atomic(out / "baselines.json", chosen)
+        timings["evaluate"] = time.perf_counter() - t0
         files["table"] = out / "results.md"
-        reference = references(spec, config)
         pretraining = {arch: json.loads((path / "config.json").read_text()).get("pretraining", {})
                        for arch, path in backbones.items()}
-        write_text_atomic(files["table"], table_markdown(rows, config, command=command, references=reference,
-                                                 pretraining=pretraining))
-        files["plot"] = tradeoff_plot(rows, out / "tradeoff.png", list(config.tasks), reference)
+        summary = summarise(rows, per_row + base_rows, config)
+        write_text_atomic(files["table"], table_markdown(summary, config, command=command, pretraining=pretraining,
+                                                         rows=rows))
+        files["plot"] = tradeoff_plot(summary, out / "tradeoff.png", list(config.tasks))
     seconds = time.perf_counter() - start
     timings["total"] = seconds
     record_timings(out / "timings.json", timings, resume)

@@ -24,7 +24,7 @@ import torch
 from peterrec.backbone import Backbone
 from peterrec.config import BackboneConfig, PatchConfig
 from peterrec.efficiency import param_report
-from peterrec.config import REPRESENTATIONS
+from peterrec.config import REPRESENTATIONS, legacy_representation
 from peterrec.modes import MODES, get_mode
 from peterrec.task_model import TaskModel, build_task_model, shapes_only
 
@@ -159,8 +159,10 @@ def build_from_config(backbone: Backbone, config: dict) -> TaskModel:
     """The task model an adapter config describes, around `backbone` (weights still initial)."""
     patch = PatchConfig.from_dict(config["patch"]) if config.get("patch") is not None else None
     with torch.random.fork_rng(devices=[]):  # build_task_model seeds; keep the caller's RNG as it was
+        representation = legacy_representation(config["representation"], backbone.config.causal)
         return build_task_model(backbone, config["task"]["kind"], num_outputs(config), config["mode"], patch,
-                                config["finelast_blocks"], config["representation"], seed=config["seed"])
+                                config["finelast_blocks"], representation, seed=config["seed"],
+                                input_len=config.get("input_len", 0))
 
 
 def expected_task(backbone_config: BackboneConfig, config: dict) -> tuple[dict[str, dict], dict]:

@@ -53,6 +53,7 @@ def write_task(bundle_dir: str | Path, model: TaskModel, task_spec, settings, me
         "patch": patch,
         "finelast_blocks": settings.finelast_blocks,
         "representation": model.representation,
+        "input_len": model.input_len,
         "seed": settings.train.seed,
         "settings": {**settings.to_dict(), "patch": patch or settings.patch.to_dict(),
                      "representation": model.representation},

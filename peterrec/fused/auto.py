@@ -58,7 +58,7 @@ class _Probe:
     def __init__(self, task: PackTask, device: torch.device):
         m = task.model
         self.model = TaskModel(m.backbone, copy.deepcopy(m.head), copy.deepcopy(m.patches), m.mode,
-                               m.representation)
+                               m.representation, copy.deepcopy(m.pooling), m.input_len)
         self.params, self.clip = trainable_parameters(self.model), task.config.grad_clip
         self.optimizer = make_optimizer(self.params, task.config)
         b = min(task.config.batch_size, len(task.arrays[1]))

@@ -71,6 +71,18 @@ class PackedPatches:
     def block(self, i: int) -> "_PackedBlock":
         return self._blocks[i]
 
+    def embed(self, items: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Each row's item embeddings with its own task's embedding patch added (tasks without one: none)."""
+        patched = [k for k, p in enumerate(self.patches) if p is not None and p.embedding is not None]
+        if not patched:
+            return x
+        delta = torch.zeros_like(x)
+        for k in patched:
+            rows = (self.task_of_row == k).nonzero().flatten()
+            if len(rows):
+                delta = delta.index_put((rows,), self.patches[k].embedding(items[rows]).to(x.dtype))
+        return x + delta
+
     def task_block(self, k: int, i: int) -> BlockPatches | None:
         p = self.patches[k]
         return None if p is None else p.blocks[i]

@@ -43,6 +43,9 @@ class StackedPatches:
             self.ln2.append(None if all(n is None for n in norms) else (
                 torch.stack([(n or block.ln2).weight for n in norms]).detach().clone(),
                 torch.stack([(n or block.ln2).bias for n in norms]).detach().clone()))
+        # Embedding patches (PatchConfig.embedding_rank): each task's (A, B), detached; None without one
+        self.embeddings = [None if p is None or p.embedding is None else
+                           (p.embedding.a.weight.detach().clone(), p.embedding.b.detach().clone()) for p in patches]
         kinds = [None if p is None else p.config.insertion for p in patches]
         self.insertions = sorted({k for k in kinds if k is not None}) or [next(iter(PATCH_INPUT))]
         self.kind_of_task = torch.tensor([self.insertions.index(k) if k is not None else 0 for k in kinds],
@@ -60,6 +63,18 @@ class _RowsAdapter:
 
     def block(self, i: int) -> "_RowsBlock":
         return _RowsBlock(self, i)
+
+    def embed(self, items: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Each row's item embeddings with its own task's embedding patch added (tasks without one: none)."""
+        delta = None
+        for k, pair in enumerate(self.stack.embeddings):
+            rows = (self.task_of_row == k).nonzero().flatten() if pair is not None else None
+            if rows is None or not len(rows):
+                continue
+            a, b = pair
+            delta = torch.zeros_like(x) if delta is None else delta
+            delta[rows] = (a[items[rows]] @ b).to(x.dtype)
+        return x if delta is None else x + delta
 
 
 class _RowsBlock:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from peterrec.backbone import Backbone, user_representation
+from peterrec.backbone import Backbone, trim_padding
+from peterrec.pooling import pool
 from peterrec.fused.patches import PackedPatches
 from peterrec.modes import PACKABLE_MODES
 from peterrec.task_model import TaskModel
@@ -74,14 +75,26 @@ def check_packable(models: Sequence[TaskModel]) -> Backbone:
     return backbone
 
 
-def split_representations(hidden: torch.Tensor, models: Sequence[TaskModel], counts: list[int]):
-    """Each model's user representations (n_k, C) from its rows of the packed hidden (B, L, C).
+def split_representations(hidden: torch.Tensor, models: Sequence[TaskModel], counts: list[int],
+                          items: torch.Tensor):
+    """Each model's user representations (n_k, C) from its rows of the packed hidden (B, L, C) of `items`.
 
-    Reduces (B, L, C) -> (B, C) once per representation kind and splits that: slicing the big
-    tensor per task would make backward allocate a full (B, L, C) gradient for every task."""
-    causal = models[0].backbone.config.causal
-    reps = {how: user_representation(hidden, causal, how).split(counts) for how in {m.representation for m in models}}
-    return [reps[m.representation][k] for k, m in enumerate(models)]
+    Reduces (B, L, C) -> (B, C) once per parameter-free representation kind and splits that: slicing the
+    big tensor per task would make backward allocate a full (B, L, C) gradient for every task. A learned
+    pooling (attention) reads its own rows only."""
+    cfg = models[0].backbone.config
+    mask = items != cfg.pad_id
+    shared = {m.representation for m in models if m.pooling is None}
+    reps = {how: pool(hidden, mask, how, cfg.causal).split(counts) for how in shared}
+    out, start = [], 0
+    for k, m in enumerate(models):
+        if m.pooling is None:
+            out.append(reps[m.representation][k])
+        else:
+            rows = slice(start, start + counts[k])
+            out.append(m.represent(hidden[rows], items[rows]))
+        start += counts[k]
+    return out
 
 
 def task_loss(model: TaskModel, rep: torch.Tensor, labels: torch.Tensor,
@@ -131,11 +144,13 @@ def packed_representations(backbone: Backbone, models: Sequence[TaskModel], item
     """Each model's user representations (n_k, C) of its own batch (n_k, L), from one forward pass
     of the concatenated batches over the backbone, each row patched by its own model."""
     items = torch.cat(list(item_batches))  # (B, L)
+    if backbone.config.mask_padding:
+        items = trim_padding(items, backbone.config.pad_id)
     counts = [len(b) for b in item_batches]
     task_of_row = torch.repeat_interleave(torch.arange(len(models), device=items.device),
                                           torch.tensor(counts, device=items.device))
     hidden = backbone(items, PackedPatches(backbone, [m.patches for m in models], task_of_row, strategy))  # (B, L, C)
-    return split_representations(hidden, models, counts)
+    return split_representations(hidden, models, counts, items)
 
 
 def _fused_losses(backbone: Backbone, members: list[_Member], strategy: str, autocast):

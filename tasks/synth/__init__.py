@@ -29,8 +29,11 @@ def synthesize(
     max_len: int = 50,
     force: bool = False,
     command: str | None = None,
+    paper_regime: bool = False,
 ) -> Path:
-    """Generate a source domain and `tasks` tasks into `out`; return the spec path."""
+    """Generate a source domain and `tasks` tasks into `out`; return the spec path. paper_regime: every
+    user is labelled in every task (many labelled users per task, where fine-tuning everything should be
+    the upper bound) and cold-start target tables stay small (100..150 items)."""
     if users < 1 or items < 1 or tasks < 0 or max_len < 1:
         raise ValueError("users, items and max_len must be >= 1 and tasks >= 0")
     check_size(users, items, max_len, tasks)
@@ -39,9 +42,10 @@ def synthesize(
     width = len(str(users - 1))
     user_ids = np.array([f"u{i:0{width}d}" for i in range(users)], dtype=object)
     sequences = Sequences(user_ids, offsets, flat, vocab_size=items + 1)
-    new_tasks = [make_task(index, world.traits, user_ids, seed) for index in range(tasks)]
+    new_tasks = [make_task(index, world, (offsets, flat), user_ids, seed, paper_regime) for index in range(tasks)]
     made_by = command or (
         f"python cli.py synth --out {out} --tasks {tasks} --users {users} --items {items} --seed {seed} --max-len {max_len}"
+        + (" --paper-regime" if paper_regime else "")
     )
     return write_dataset(
         out, sequences, [f"item{j}" for j in range(1, items + 1)], new_tasks,
