@@ -57,16 +57,10 @@ from peterrec.checkpoint import save_checkpoint  # noqa: E402
 from peterrec.config import BackboneConfig  # noqa: E402
 from peterrec.finetune import FinetuneSettings  # noqa: E402
 from peterrec.task_model import build_task_model  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py: this script's folder is on sys.path)
 
 VOCAB, TARGETS, CLASSES = 20_000, 500, 4
 LIST = 16  # request objects per call in the list cell: concurrency 64 / LIST calls keep 64 in flight
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def build(root: Path, tasks: int, config: BackboneConfig) -> SimpleNamespace:

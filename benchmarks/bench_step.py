@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -51,20 +50,11 @@ from peterrec.config import BackboneConfig, PatchConfig  # noqa: E402
 from peterrec.task_model import build_task_model  # noqa: E402
 from peterrec.precision import native_bf16  # noqa: E402
 from peterrec.training import TrainConfig, autocast_for, make_optimizer, optimizer_step, trainable_parameters  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py: this script's folder is on sys.path)
 
 BATCH, LENGTH, BLOCKS, VOCAB = 256, 20, 8, 5000
 # The 1,000-task job of issue 19: 60 steps of batch 64 per task over a C=32 backbone, 2 workers.
 JOB_TASKS, JOB_USERS, JOB_ITEMS, JOB_STEPS, JOB_BATCH, JOB_CHANNELS, JOB_WORKERS = 1000, 2000, 500, 60, 64, 32, 2
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,19 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import orchestrator  # noqa: E402,F401  (Ray's loopback environment, before Ray is imported)
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py: this script's folder is on sys.path)
 
 METHODS = {"random+asha": ("random", "asha"), "optuna+asha": ("optuna", "asha"), "pbt": ("random", "pbt")}
 SHARES = (0.25, 0.5, 0.75, 1.0)  # budgets: shares of the steps random + ASHA spent on a task
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_world(root: Path, quick: bool) -> tuple[Path, Path]:
