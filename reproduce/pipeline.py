@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from reproduce.grid import Cell, ReproduceConfig, grid_cells
 from tasks.atomic import staged_file, write_json_atomic, write_text_atomic
@@ -131,7 +130,8 @@ def run_job(spec: Path, backbone: Path, job_dir: Path, config: ReproduceConfig, 
     from orchestrator.plan import plan_for
     from orchestrator.settings import JobSettings, TrainingSettings
 
-    training = TrainingSettings(batch_size=config.batch_size, eval_negatives=config.eval_negatives)
+    # fp32 whatever the machine: the paper's grid compares methods, not precisions (finetune's default is auto)
+    training = TrainingSettings(batch_size=config.batch_size, eval_negatives=config.eval_negatives, precision="fp32")
     settings = JobSettings(backbone=str(backbone), tasks=str(spec), out=str(job_dir), resume=resume, force=not resume,
                            training=training)
     plan = plan_for(settings)
