@@ -49,6 +49,22 @@ def train_config_from(args: argparse.Namespace, **extra):
                        weight_decay=args.weight_decay, seed=args.seed, precision=args.precision, **extra)
 
 
+def int_at_least(minimum: int, note: str = ""):
+    """An argparse `type` for an integer >= minimum; its errors say what was wrong (and `note`, why)."""
+    suffix = f" ({note})" if note else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is not >= {minimum}{suffix}")
+        return value
+
+    return parse
+
+
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2

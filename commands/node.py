@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from commands._common import int_at_least
+
 HELP = "run a Ray worker node on 127.0.0.1 that joins a loopback head (a multi-node cluster on one machine)"
 DESCRIPTION = """Start one Ray worker node on this machine's loopback (127.0.0.1) that joins the head at --address,
 and keep it running until Ctrl-C or SIGTERM (its Ray processes stop with it). `ray start --address` cannot
@@ -19,23 +21,11 @@ network address. A real cluster of several machines uses `ray start` on each (do
 def add_arguments(parser) -> None:
     parser.add_argument("--address", required=True, metavar="127.0.0.1:PORT",
                         help="the loopback head to join (the port of `ray start --head --port`)")
-    parser.add_argument("--num-cpus", type=_positive, default=1, help="CPUs this node offers")
-    parser.add_argument("--object-store-mb", type=_positive, default=None,
+    parser.add_argument("--num-cpus", type=int_at_least(1), default=1, help="CPUs this node offers")
+    parser.add_argument("--object-store-mb", type=int_at_least(1), default=None,
                         help="this node's object store in MiB (default: Ray's, 30%% of memory, per node)")
     parser.add_argument("--temp-dir", default=None,
                         help="Ray's session directory root, as given to the head (default: Ray's, /tmp/ray)")
-
-
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
 
 
 def run(args) -> int:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from tasks.atomic import staged_file
+from commands._common import int_at_least
 
 HELP = "predict with one task of a bundle: class probabilities, or the top-K target items"
 DESCRIPTION = (
@@ -30,22 +31,13 @@ def add_arguments(parser):
     parser.add_argument("--task", required=True, metavar="NAME", help="task of the bundle to run")
     parser.add_argument("--input", required=True, metavar="FILE", help="sequences/task table (.parquet) or CSV")
     parser.add_argument("--out", required=True, metavar="FILE", help="predictions: .parquet or .jsonl")
-    parser.add_argument("--top-k", type=_positive, default=10, metavar="K", help="target items per user (coldrec)")
+    parser.add_argument("--top-k", type=int_at_least(1), default=10, metavar="K", help="target items per user (coldrec)")
     parser.add_argument("--sequences", metavar="FILE", help="sequences table for a task-table input")
     parser.add_argument("--tasks", metavar="SPEC.toml", help="task spec whose [source] locates the sequences")
     parser.add_argument("--items", metavar="FILE",
                         help="source items.parquet (item_id, raw_id) mapping the CSV's raw ids to dense ids")
-    parser.add_argument("--batch-size", type=_positive, default=512, metavar="N", help="rows per forward pass")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=512, metavar="N", help="rows per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-
-
-def _positive(text: str) -> int:
-    import argparse  # noqa: PLC0415
-
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def run(args) -> int:

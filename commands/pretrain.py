@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from commands._common import int_at_least
+
 HELP = "pretrain a causal (next item) or non-causal (cloze) backbone on item sequences"
 DESCRIPTION = """Pretrain one backbone on the source domain's item sequences and save it as a checkpoint
 directory (model.safetensors + config.json). A causal backbone (NextItNet) learns next-item prediction;
@@ -38,7 +40,7 @@ def add_arguments(parser):
     parser.add_argument("--latest-only", action="store_true",
                         help="pretrain on each user's latest --max-len items only, not on windows covering the "
                              "whole history (single-process runs; Ray Train runs always use the latest)")
-    arch.add_argument("--sampled-softmax", type=_count, default=0, metavar="S",
+    arch.add_argument("--sampled-softmax", type=int_at_least(0, "0: the full softmax"), default=0, metavar="S",
                       help="train against S sampled negatives instead of the full softmax (large catalogues)")
     parser.add_argument("--valid-fraction", type=_fraction, default=0.05,
                         help="share of users held out for the validation loss (above 0, below 1)")
@@ -72,16 +74,6 @@ def _dilations(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError("no dilations (expected comma-separated positive integers, e.g. 1,4,1,4)")
     return tuple(values)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 0 (0: the full softmax)")
-    return value
 
 
 def _fraction(text: str) -> float:

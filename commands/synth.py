@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from commands._common import int_at_least
+
 HELP = "generate a synthetic data set: item sequences and N downstream tasks driven by latent user traits"
 DESCRIPTION = (
     "Generate DIR/source/*, DIR/tasks/* and DIR/tasks.toml. Users have latent traits that drive both their "
@@ -16,27 +18,13 @@ DESCRIPTION = (
 )
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 0")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="data directory to write")
-    parser.add_argument("--tasks", type=_count, default=8, help="number of downstream tasks")
-    parser.add_argument("--users", type=_positive, default=2000, help="number of users")
-    parser.add_argument("--items", type=_positive, default=500, help="number of source items (vocab_size = items + 1)")
+    parser.add_argument("--tasks", type=int_at_least(0), default=8, help="number of downstream tasks")
+    parser.add_argument("--users", type=int_at_least(1), default=2000, help="number of users")
+    parser.add_argument("--items", type=int_at_least(1), default=500, help="number of source items (vocab_size = items + 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same files (default: %(default)s)")
-    parser.add_argument("--max-len", type=_positive, default=50, help="longest sequence (lengths are drawn from 20..max-len)")
+    parser.add_argument("--max-len", type=int_at_least(1), default=50, help="longest sequence (lengths are drawn from 20..max-len)")
     parser.add_argument("--paper-regime", action="store_true",
                         help="every user labelled in every task and small cold-start target tables: the regime "
                              "where full fine-tuning is the expected upper bound (reproduce --data)")
