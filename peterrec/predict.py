@@ -102,15 +102,14 @@ class MultiTaskPredictor:
         Rows of tasks that share the backbone go through it together, in one fused pass (peterrec.fused)."""
         if len(tasks) != items.shape[0]:
             raise ValueError(f"{items.shape[0]} rows but {len(tasks)} task names")
-        groups: dict[str, list[int]] = {}
+        groups: dict[str, list[int]] = {}  # task -> its rows
+        by_precision: dict[str, list[int]] = {}  # precision -> the rows of the tasks trained in it
         for row, name in enumerate(tasks):
             groups.setdefault(self._known(name), []).append(row)
+            by_precision.setdefault(self.precisions[name], []).append(row)
         if self.stack_once and self._stacked is None:
             self._stacked = stacked_for(self.backbone, self.models)
         scores: list = [None] * len(tasks)  # one per row
-        by_precision: dict[str, list[int]] = {}
-        for row, name in enumerate(tasks):
-            by_precision.setdefault(self.precisions[name], []).append(row)
         for precision, rows in by_precision.items():  # each task at the precision it trained in
             part = items if len(rows) == len(tasks) else items[rows]
             for row, row_scores in zip(rows, predict_mixed(self.backbone, self.models, part, [tasks[r] for r in rows],
