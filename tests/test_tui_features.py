@@ -305,7 +305,7 @@ async def test_tune_view_follows_a_running_search(tmp_path):
 async def test_a_key_press_answers_in_under_100_ms_with_1000_tasks(tmp_path):
     """Each key's handling on the UI thread (its action, the table's rows and the frame drawn after it),
     timed as CPU time of that thread: what a user waits for, not what other processes on the machine do
-    meanwhile. Every key is pressed three times over; its median must stay under 100 ms."""
+    meanwhile. Every key is pressed five times over; its median must stay under 100 ms."""
     import statistics
 
     app = attach(review_job(tmp_path, tasks=1000, failed=tuple(range(6, 1000, 50))))
@@ -315,7 +315,7 @@ async def test_a_key_press_answers_in_under_100_ms_with_1000_tasks(tmp_path):
     async with app.run_test(size=(160, 50)) as pilot:
         await settled(pilot)
         assert app.screen.query_one("#tasks").row_count == 1000
-        for _ in range(3):
+        for _ in range(5):
             for key in keys:
                 start = time.thread_time()
                 await pilot.press(key)

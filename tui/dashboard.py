@@ -294,8 +294,13 @@ class DashboardScreen(Screen):
         self.query_one("#search", Input).focus()
 
     def action_clear_search(self) -> None:
-        self.query_one("#search", Input).value = ""
-        self.query_one(TaskList).focus()
+        """Empty the find field, refill the table and focus it in one frame (each alone would draw it again)."""
+        field = self.query_one("#search", Input)
+        with self.app.batch_update(), field.prevent(Input.Changed):
+            field.value = ""
+            self.search = ""
+            self.refill()
+            self.query_one(TaskList).focus()
 
     @on(Input.Changed, "#search")
     def search_changed(self, event: Input.Changed) -> None:

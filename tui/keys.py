@@ -42,6 +42,12 @@ class KeyFooter(Widget):
                 padding: 0 1; }
     """
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # the most lines shown at each width: the footer keeps that height while the focus moves (into the
+        # find field and back), so the table above neither jumps nor makes the screen lay out again
+        self._tallest: dict[int, int] = {}
+
     def on_mount(self) -> None:
         self.screen.bindings_updated_signal.subscribe(self, self._changed)
 
@@ -51,7 +57,7 @@ class KeyFooter(Widget):
     def _changed(self, _screen) -> None:
         """Keys change with the focus: lay the screen out again only when the footer's height changes."""
         width = self.content_size.width or self.size.width
-        self.refresh(layout=len(self._lines(width)) != self.size.height)
+        self.refresh(layout=self._height(width) != self.size.height)
 
     def _items(self) -> list[Text]:
         """One item per key, or per group of keys (a Binding.Group: 'n/N failed')."""
@@ -77,8 +83,12 @@ class KeyFooter(Widget):
                 lines.append(item.copy())
         return lines or [Text("")]
 
+    def _height(self, width: int) -> int:
+        self._tallest[width] = max(self._tallest.get(width, 0), len(self._lines(width)))
+        return self._tallest[width]
+
     def get_content_height(self, container, viewport, width: int) -> int:
-        return len(self._lines(width))
+        return self._height(width)
 
     def render(self) -> Text:
         return Text("\n").join(self._lines(self.content_size.width or self.size.width))
