@@ -45,6 +45,11 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 
+def _live_taps(weight: torch.Tensor, live: list[int]) -> torch.Tensor:
+    """The (C_out, C_in, k) weight's taps at indices `live` (the weight itself when all are)."""
+    return weight if len(live) == weight.shape[2] else weight[:, :, live]
+
+
 class DilatedConvFunction(torch.autograd.Function):
     """y[t] = sum_i W_i x[t + o_i] + b over channel-last (B, L, C), as one matmul over the k taps.
 
@@ -57,11 +62,16 @@ class DilatedConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, offsets):
         dtype = compute_dtype(x)
-        c_out, c_in, k = weight.shape
-        x_taps = taps(x.to(dtype), offsets)  # (B, L, k*C_in)
-        w = weight.to(dtype).permute(0, 2, 1).reshape(c_out, k * c_in)  # block i = W_i (C_out, C_in)
+        c_out, c_in, _ = weight.shape
+        # Taps that reach past either end of the sequence read only zeros: skipped, with their weights
+        # (a short sequence through a wide dilation; a tap that stays at t itself needs no copy at all).
+        live = [i for i, o in enumerate(offsets) if -x.shape[1] < o < x.shape[1]]
+        live_offsets = [offsets[i] for i in live]
+        ctx.live, ctx.offsets, ctx.dtype, ctx.x_dtype = live, live_offsets, dtype, x.dtype
+        x = x.to(dtype)
+        x_taps = x if live_offsets == [0] else taps(x, live_offsets)  # (B, L, k_live*C_in)
+        w = _live_taps(weight, live).to(dtype).permute(0, 2, 1).reshape(c_out, len(live) * c_in)  # W_live side by side
         y = F.linear(x_taps, w, None if bias is None else bias.to(dtype))  # (B, L, C_out)
-        ctx.offsets, ctx.dtype, ctx.x_dtype = offsets, dtype, x.dtype
         ctx.save_for_backward(weight, x_taps if ctx.needs_input_grad[1] else None)
         return y
 
@@ -69,14 +79,19 @@ class DilatedConvFunction(torch.autograd.Function):
     def backward(ctx, dy):
         weight, x_taps = ctx.saved_tensors
         c_out, c_in, k = weight.shape
+        live, n = ctx.live, len(ctx.live)
         dy = dy.to(ctx.dtype).contiguous()  # (B, L, C_out)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            w = weight.to(ctx.dtype).permute(2, 0, 1).reshape(k * c_out, c_in)  # block i = W_i
-            dx = (taps(dy, [-o for o in ctx.offsets]) @ w).to(ctx.x_dtype)  # (B, L, C_in)
+            w = _live_taps(weight, live).to(ctx.dtype).permute(2, 0, 1).reshape(n * c_out, c_in)  # W_live stacked
+            dy_taps = dy if ctx.offsets == [0] else taps(dy, [-o for o in ctx.offsets])
+            dx = (dy_taps @ w).to(ctx.x_dtype)  # (B, L, C_in)
         if ctx.needs_input_grad[1]:
-            dw = dy.reshape(-1, c_out).t() @ x_taps.reshape(-1, k * c_in)  # (C_out, k*C_in)
-            dw = dw.view(c_out, k, c_in).permute(0, 2, 1).to(weight.dtype)  # (C_out, C_in, k)
+            dw_live = dy.reshape(-1, c_out).t() @ x_taps.reshape(-1, n * c_in)  # (C_out, k_live*C_in)
+            dw_live = dw_live.view(c_out, n, c_in).permute(0, 2, 1).to(weight.dtype)  # (C_out, C_in, k_live)
+            dw = dw_live if n == k else weight.new_zeros(weight.shape)
+            if n < k:  # the skipped taps read only zeros: their gradient is zero
+                dw[:, :, live] = dw_live
         if ctx.needs_input_grad[2]:
             db = dy.sum((0, 1), dtype=torch.float32).to(weight.dtype)
         return dx, dw, db, None

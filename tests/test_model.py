@@ -45,10 +45,12 @@ def test_patch_config_rejects_width_not_multiple_of_cardinality():
 
 
 @pytest.mark.parametrize("causal, kernel, dilation", [(True, 3, 1), (True, 3, 4), (True, 2, 3), (False, 3, 2),
-                                                     (False, 5, 1), (True, 1, 1), (True, 3, 8), (False, 3, 8)])
+                                                     (False, 5, 1), (True, 1, 1), (True, 3, 8), (False, 3, 8),
+                                                     (True, 3, 16), (False, 3, 16), (False, 5, 3)])
 def test_dilated_conv_is_conv1d_over_the_padded_sequence(causal, kernel, dilation):
     """The channel-last matmul form computes exactly what nn.Conv1d does on (B, C, L), gradients of the
-    input, weight and bias too (also where the receptive field reaches past the sequence)."""
+    input, weight and bias too (also where the receptive field reaches past the sequence: taps that read
+    only padding are skipped, down to one tap at t itself for a dilation wider than the sequence)."""
     import torch.nn.functional as F
 
     from peterrec.backbone import DilatedConv
