@@ -3,6 +3,7 @@
 Run: .venv/bin/python benchmarks/bench_task_costs.py            (about a minute on 2 CPU cores)
      .venv/bin/python benchmarks/bench_task_costs.py --worker   (through run_task on Ray; --local: in process)
      .venv/bin/python benchmarks/bench_task_costs.py --driver 500   (the driver recording 500 finished tasks)
+     .venv/bin/python benchmarks/bench_task_costs.py --publish 1000 (the driver's per-tick state copy, 1,000 tasks)
      .venv/bin/python benchmarks/bench_task_costs.py --tasks 40
 
 The small task of issue 19: 60 steps of batch 64 over a C=32 backbone (4 blocks, length 50), the
@@ -27,6 +28,7 @@ run_task at all (Ray scheduling, arguments and result transport, the driver's pi
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -229,6 +231,52 @@ def record_tasks(count: int) -> None:
           + ", ".join(f"{1e3 * f.mean():.0f}" for f in fifths))
 
 
+def publish_state(count: int, rounds: int = 40) -> None:
+    """--publish N: what the driver's loop costs per tick whatever finishes: it publishes the job's state
+    to its clients (JobState.to_dict) and an in-process client (the plain display, the TUI) reads it back
+    (JobState.from_dict). Timed now and with the generic field-by-field conversion the code had before,
+    side by side, for N finished tasks with a 12-point curve each."""
+    from dataclasses import fields
+
+    from orchestrator.state import JobState, TaskState
+
+    state = JobState("/nowhere")
+    for i in range(count):
+        task = TaskState(f"t{i:04d}", "classify", "accuracy", status="done", step=STEPS, total=STEPS, value=0.5)
+        for k in range(12):
+            task.add_point(5 * k, 0.5, 0.4, float(k))
+        state.tasks[task.name] = task
+    names = [f.name for f in fields(TaskState)]
+
+    def generic_to(task):
+        d = {name: getattr(task, name) for name in names}
+        d["history"] = list(task.history)
+        return d
+
+    def generic_from(d):
+        known = {f.name for f in fields(TaskState)}
+        return TaskState(**{k: v for k, v in d.items() if k in known})
+
+    def tick_now():
+        JobState.from_dict(state.to_dict())
+
+    def tick_before():
+        d = state.to_dict()
+        d["tasks"] = {n: generic_to(t) for n, t in state.tasks.items()}
+        {n: generic_from(t) for n, t in d["tasks"].items()}
+
+    times = {"now": [], "before": []}
+    for r in range(rounds):  # alternated, so both see the same load
+        for name, tick in (("now", tick_now), ("before", tick_before))[::1 if r % 2 else -1]:
+            t0 = time.perf_counter()
+            tick()
+            times[name].append(time.perf_counter() - t0)
+    now, before = (1e3 * statistics.median(times[k]) for k in ("now", "before"))
+    print(f"{count} tasks, publishing the state and reading it back once per driver tick (median of {rounds}): "
+          f"now {now:.1f} ms, before {before:.1f} ms ({before / now:.1f}x); at 4 ticks a second that was "
+          f"{0.4 * before:.0f}% of a core and is {0.4 * now:.0f}%")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=16, help="tasks to run (the first of the synthetic world)")
@@ -236,10 +284,13 @@ def main(argv=None) -> None:
     parser.add_argument("--worker", action="store_true", help="through orchestrator.worker.run_task, on Ray")
     parser.add_argument("--local", action="store_true", help="with --worker: in this process, without Ray")
     parser.add_argument("--driver", type=int, metavar="N", help="only time the driver recording N finished tasks")
+    parser.add_argument("--publish", type=int, metavar="N", help="only time the driver's per-tick state copy, N tasks")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.driver:
         return record_tasks(args.driver)
+    if args.publish:
+        return publish_state(args.publish)
     with tempfile.TemporaryDirectory() as tmp:
         spec = synthesize(Path(tmp) / "data", tasks=args.tasks, users=USERS, items=ITEMS, seed=0, max_len=LENGTH)
         job, sequences, data = load_job(spec)
