@@ -291,7 +291,8 @@ class DashboardScreen(Screen):
             self.set_sort(key, not self.reverse if key == self.sort else False)
 
     def action_search(self) -> None:
-        self.query_one("#search", Input).focus()
+        with self.app.batch_update():  # the focus moved now (focus() would wait a frame): one frame drawn
+            self.set_focus(self.query_one("#search", Input))
 
     def action_clear_search(self) -> None:
         """Empty the find field, refill the table and focus it in one frame (each alone would draw it again)."""
@@ -300,7 +301,7 @@ class DashboardScreen(Screen):
             field.value = ""
             self.search = ""
             self.refill()
-            self.query_one(TaskList).focus()
+            self.set_focus(self.query_one(TaskList))
 
     @on(Input.Changed, "#search")
     def search_changed(self, event: Input.Changed) -> None:

@@ -47,6 +47,7 @@ class KeyFooter(Widget):
         # the most lines shown at each width: the footer keeps that height while the focus moves (into the
         # find field and back), so the table above neither jumps nor makes the screen lay out again
         self._tallest: dict[int, int] = {}
+        self._wrapped: dict[int, list[Text]] = {}  # width -> lines, until the keys change (a focus change asks 3 times)
 
     def on_mount(self) -> None:
         self.screen.bindings_updated_signal.subscribe(self, self._changed)
@@ -57,7 +58,10 @@ class KeyFooter(Widget):
     def _changed(self, _screen) -> None:
         """Keys change with the focus: lay the screen out again only when the footer's height changes."""
         width = self.content_size.width or self.size.width
-        self.refresh(layout=self._height(width) != self.size.height)
+        before = [line.plain for line in self._wrapped.get(width, ())]
+        self._wrapped.clear()
+        if [line.plain for line in self._lines(width)] != before:  # signalled several times per focus change
+            self.refresh(layout=self._height(width) != self.size.height)
 
     def _items(self) -> list[Text]:
         """One item per key, or per group of keys (a Binding.Group: 'n/N failed')."""
@@ -75,13 +79,16 @@ class KeyFooter(Widget):
         return [Text.assemble(("/".join(keys), "bold"), (f" {description}", "dim")) for keys, description in items]
 
     def _lines(self, width: int) -> list[Text]:
+        if width in self._wrapped:
+            return self._wrapped[width]
         lines: list[Text] = []
         for item in self._items():
             if lines and lines[-1].cell_len + len(GAP) + item.cell_len <= width:
                 lines[-1].append(GAP).append_text(item)
             else:
                 lines.append(item.copy())
-        return lines or [Text("")]
+        self._wrapped[width] = lines = lines or [Text("")]
+        return lines
 
     def _height(self, width: int) -> int:
         self._tallest[width] = max(self._tallest.get(width, 0), len(self._lines(width)))
