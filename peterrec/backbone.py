@@ -174,6 +174,11 @@ class Backbone(nn.Module):
             x = block(x, None if adapters is None else adapters.block(i), keep)
         return x
 
+    def trimmed(self, items: torch.Tensor) -> torch.Tensor:
+        """items without their leading all-padding columns where that changes nothing (mask_padding), else
+        as they are: what every caller runs before a forward, to save those columns' work."""
+        return trim_padding(items, self.config.pad_id) if self.config.mask_padding else items
+
 
 def limit_items(items: torch.Tensor, input_len: int, pad_id: int = 0) -> torch.Tensor:
     """A left-padded batch with only each row's latest `input_len` items kept (the rest set to padding,

@@ -6,12 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peterrec.backbone import Backbone, trim_padding
-
-
-def _trimmed(backbone: Backbone, items: torch.Tensor) -> torch.Tensor:
-    """Columns that are padding in every row cost work and, with masked padding, change nothing."""
-    return trim_padding(items, backbone.config.pad_id) if backbone.config.mask_padding else items
+from peterrec.backbone import Backbone
 
 
 class ItemSoftmax(nn.Module):
@@ -49,7 +44,7 @@ class NextItemObjective(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items (B, L+1) left-padded -> mean loss over real next items."""
-        items = _trimmed(self.backbone, items)
+        items = self.backbone.trimmed(items)
         hidden = self.backbone(items[:, :-1])  # (B, L, C)
         targets = items[:, 1:]
         keep = targets != self.backbone.config.pad_id
@@ -73,7 +68,7 @@ class ClozeObjective(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         cfg = self.backbone.config
-        items = _trimmed(self.backbone, items)
+        items = self.backbone.trimmed(items)
         real = items != cfg.pad_id
         masked = real & (torch.rand(items.shape, device=items.device) < self.mask_prob)
         # Every sequence masks at least its last item so that no batch is empty of targets.

@@ -14,11 +14,6 @@ from torch import nn
 from peterrec.config import REPRESENTATIONS, resolve_representation
 
 
-def real_mask(items: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """(B, L) bool: True where a real item sits."""
-    return items != pad_id
-
-
 class AttentionPool(nn.Module):
     """softmax over real positions of q . LN(h_t) / sqrt(C), then the weighted sum of the h_t.
 

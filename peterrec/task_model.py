@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from peterrec.backbone import Backbone, limit_items, trim_padding
+from peterrec.backbone import Backbone, limit_items
 from peterrec.config import PatchConfig, resolve_representation
 from peterrec.heads import make_head
 from peterrec.modes import get_mode
@@ -43,9 +43,7 @@ class TaskModel(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items (B, L) -> user representation (B, C)."""
-        items = limit_items(items, self.input_len, self.backbone.config.pad_id)
-        if self.backbone.config.mask_padding:
-            items = trim_padding(items, self.backbone.config.pad_id)
+        items = self.backbone.trimmed(limit_items(items, self.input_len, self.backbone.config.pad_id))
         return self.represent(self.backbone(items, self.patches), items)
 
     def loss(self, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

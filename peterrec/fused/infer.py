@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from peterrec.backbone import Backbone, limit_items, trim_padding
+from peterrec.backbone import Backbone, limit_items
 from peterrec.fused.patches import PackedPatches
 from peterrec.fused.stacked import StackedPatches
 from peterrec.fused.train import split_representations
@@ -100,8 +100,7 @@ def _predict(backbone: Backbone, models: list[TaskModel], items: torch.Tensor, r
         chunk_items = items[chunk].to(device)
         for k, rows in zip(tasks, torch.arange(len(chunk)).split(counts)):  # each task's input length
             chunk_items[rows] = limit_items(chunk_items[rows], models[k].input_len, backbone.config.pad_id)
-        if backbone.config.mask_padding:
-            chunk_items = trim_padding(chunk_items, backbone.config.pad_id)
+        chunk_items = backbone.trimmed(chunk_items)
         hidden = backbone(chunk_items, adapter)  # (b, L, C)
         reps = split_representations(hidden, [models[k] for k in tasks], counts, chunk_items)
         for k, rows, rep in zip(tasks, chunk.split(counts), reps):

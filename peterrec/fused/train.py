@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from peterrec.backbone import Backbone, trim_padding
+from peterrec.backbone import Backbone
 from peterrec.pooling import pool
 from peterrec.fused.patches import PackedPatches
 from peterrec.modes import PACKABLE_MODES
@@ -143,9 +143,7 @@ def packed_representations(backbone: Backbone, models: Sequence[TaskModel], item
                            strategy: str = "auto") -> list[torch.Tensor]:
     """Each model's user representations (n_k, C) of its own batch (n_k, L), from one forward pass
     of the concatenated batches over the backbone, each row patched by its own model."""
-    items = torch.cat(list(item_batches))  # (B, L)
-    if backbone.config.mask_padding:
-        items = trim_padding(items, backbone.config.pad_id)
+    items = backbone.trimmed(torch.cat(list(item_batches)))  # (B, L)
     counts = [len(b) for b in item_batches]
     task_of_row = torch.repeat_interleave(torch.arange(len(models), device=items.device),
                                           torch.tensor(counts, device=items.device))
