@@ -64,7 +64,9 @@ def finetune(settings, plan, ui: str | None) -> int:
             console.print(header.pop())
         if "precision" in job.state.resources and not precision_said:  # resolved (--precision auto) at the start
             precision_said.append(True)
-            console.print(precision_line(job.state.resources), highlight=False, soft_wrap=True)
+            resources = job.state.resources
+            console.print(precision_line(resources["precision"], resources.get("precision_reason")),
+                          highlight=False, soft_wrap=True)
 
     ui = ui or ("rich" if sys.stdout.isatty() else "plain")
     if ui == "tui":

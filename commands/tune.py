@@ -63,7 +63,7 @@ def run(args) -> int:
                 if header:
                     console.print(header.pop())
                     if plan.precision:  # resolved (--precision auto) before the first trial
-                        console.print(precision_line({"precision_reason": plan.precision["reason"], **plan.precision}),
+                        console.print(precision_line(plan.precision["precision"], plan.precision["reason"]),
                                       highlight=False, soft_wrap=True)
                     for dim in plan.space.values():
                         console.print(f"  {dim.describe()}", highlight=False)

@@ -29,7 +29,7 @@ from orchestrator.plan import JobPlan
 from orchestrator.settings import JobOptions
 from orchestrator.state import JobState, TaskState
 from orchestrator.tensorboard import JobBoard
-from orchestrator.worker import error_text
+from orchestrator.worker import error_text, precision_as_asked, precision_fallback
 
 TICK_S = 0.25  # the driver's loop: results, commands, display
 PERSIST_S = 0.5  # state.json (and the logs that changed) at most this often,
@@ -148,16 +148,14 @@ class FinetuneJob:
         plan = self.plan
         auto = [n for n in self.todo if plan.task_settings[n].train.precision == "auto"]
         if not auto:
-            asked = plan.settings.train.precision
-            choice = {"precision": asked, "reason": f"{asked}: as asked", "samples_per_s": {}}
+            choice = precision_as_asked(plan.settings.train.precision)
         else:
             steps = steps_per_task(auto, plan.task_settings, plan.task_data)
             work_steps = sum(steps.values()) // executor.slots(self.state.cluster)
             try:
                 choice = executor.measure_precision(plan, auto[:1], work_steps)
             except Exception as e:  # noqa: BLE001  a speed choice: fp32 always works, so the job goes on
-                choice = {"precision": "fp32", "reason": f"fp32: measuring bf16 failed ({error_text(e)})",
-                          "samples_per_s": {}}
+                choice = precision_fallback(e)
             for name in auto:
                 task = plan.task_settings[name]
                 plan.task_settings[name] = replace(task, train=replace(task.train, precision=choice["precision"]))

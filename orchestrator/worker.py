@@ -285,9 +285,25 @@ def measure_precision(backbone, sequences, task_specs: list, task_datas: list, s
 
 
 def precision_record(choice) -> dict:
-    """A peterrec.precision.PrecisionChoice as state.json and search.json record it."""
+    """A peterrec.precision.PrecisionChoice as state.json and search.json record it: {"precision",
+    "reason", "samples_per_s"} (a job's state.json keeps them as precision, precision_reason and
+    precision_measured among its resources)."""
     return {"precision": choice.precision, "reason": choice.reason,
             "samples_per_s": {k: round(v, 1) for k, v in choice.samples_per_s.items()}}
+
+
+def precision_as_asked(precision: str) -> dict:
+    """The record of an explicit --precision fp32 or bf16."""
+    from peterrec.precision import as_asked
+
+    return precision_record(as_asked(precision))
+
+
+def precision_fallback(error: BaseException) -> dict:
+    """The record when measuring bf16 failed: fp32 always works, so the job goes on in it."""
+    from peterrec.precision import PrecisionChoice
+
+    return precision_record(PrecisionChoice("fp32", f"fp32: measuring bf16 failed ({error_text(error)})"))
 
 
 def error_text(error: BaseException) -> str:

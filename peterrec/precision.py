@@ -64,6 +64,11 @@ def step_probe(module: nn.Module, loss_fn: Callable[..., torch.Tensor], batch: S
     return step
 
 
+def as_asked(precision: str) -> PrecisionChoice:
+    """An explicit fp32 or bf16: kept, nothing measured."""
+    return PrecisionChoice(precision, f"{precision}: as asked")
+
+
 def choose_precision(requested: str, device: torch.device, step: Callable[[str], int] | None = None,
                      budget_s: float = 2.0, min_gain: float = 1.1, work_steps: int | None = None) -> PrecisionChoice:
     """fp32 or bf16 for `requested` (auto | fp32 | bf16); an explicit fp32 or bf16 is kept as asked.
@@ -76,7 +81,7 @@ def choose_precision(requested: str, device: torch.device, step: Callable[[str],
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {requested!r})")
     if requested != "auto":
-        return PrecisionChoice(requested, f"{requested}: as asked")
+        return as_asked(requested)
     native, evidence = native_bf16(device)
     if not native:
         return PrecisionChoice("fp32", f"fp32: {evidence}")

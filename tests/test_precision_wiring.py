@@ -65,15 +65,20 @@ def test_flags_default_to_auto_and_bf16_is_the_old_spelling():
         parser.parse_args(["finetune", *base, "--precision", "fp16"])
 
 
+def assert_job_trained_fp32(out, reason: str) -> None:
+    """The job in `out` resolved its precision to fp32 for `reason`, measured nothing, trained every task
+    in fp32."""
+    resources = job_state(out).resources
+    assert (resources["precision"], resources["precision_reason"]) == ("fp32", reason)
+    assert resources["precision_measured"] == {}
+    assert set(trained_in(out).values()) == {"fp32"}
+
+
 def test_auto_without_bf16_units_trains_fp32_and_says_why(world, tmp_path, no_bf16_units, capsys):
     spec, backbone = world
     out = tmp_path / "job"
     assert cli.main(finetune_args(spec, backbone, out, "--in-process")) == 0
-    resources = job_state(out).resources
-    assert resources["precision"] == "fp32"
-    assert resources["precision_reason"] == "fp32: test CPU: no bf16 matrix units"
-    assert resources["precision_measured"] == {}
-    assert set(trained_in(out).values()) == {"fp32"}
+    assert_job_trained_fp32(out, "fp32: test CPU: no bf16 matrix units")
     assert "precision: fp32 (fp32: test CPU: no bf16 matrix units)" in capsys.readouterr().out
 
 
@@ -187,7 +192,4 @@ def test_a_failed_measurement_trains_fp32_and_says_so(world, tmp_path, monkeypat
     spec, backbone = world
     out = tmp_path / "job"
     assert cli.main(finetune_args(spec, backbone, out, "--in-process")) == 0
-    resources = job_state(out).resources
-    assert resources["precision"] == "fp32"
-    assert resources["precision_reason"] == "fp32: measuring bf16 failed (RuntimeError: no step could run)"
-    assert set(trained_in(out).values()) == {"fp32"}
+    assert_job_trained_fp32(out, "fp32: measuring bf16 failed (RuntimeError: no step could run)")

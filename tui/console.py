@@ -199,10 +199,10 @@ def pack_line(resources: dict) -> str:
     return line + (f" (--pack {resources.get('pack')}: {reason})" if reason else "")
 
 
-def precision_line(record: dict) -> str:
-    """What a job or a search trains in (--precision), from the record of its resolution (the reason
-    carries the measured rates when `auto` measured)."""
-    return f"precision: {record['precision']} ({record.get('precision_reason', 'as asked')})"
+def precision_line(precision: str, reason: str | None) -> str:
+    """What a job or a search trains in (--precision) and why (the reason carries the measured rates when
+    `auto` measured)."""
+    return f"precision: {precision} ({reason or 'as asked'})"
 
 
 # A search ------------------------------------------------------------------------------------------

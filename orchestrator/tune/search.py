@@ -202,11 +202,12 @@ class TuneSearch:
         from dataclasses import replace
 
         from orchestrator.executors import precision_on_ray
+        from orchestrator.worker import precision_as_asked
 
         plan, options = self.plan, self.options
         asked = plan.settings.train.precision
         if asked != "auto":
-            plan.precision = {"precision": asked, "reason": f"{asked}: as asked", "samples_per_s": {}}
+            plan.precision = precision_as_asked(asked)
         elif plan.precision is None:
             from peterrec.finetune import with_overrides
 
