@@ -3,7 +3,8 @@
 Run: .venv/bin/python benchmarks/bench_step.py                 (3-5 minutes on 2 CPU cores)
      .venv/bin/python benchmarks/bench_step.py --quick         (about a minute)
      .venv/bin/python benchmarks/bench_step.py --device cuda
-     .venv/bin/python benchmarks/bench_step.py --job           (adds the 1,000-task job: 5-10 minutes more)
+     .venv/bin/python benchmarks/bench_step.py --job           (adds the 1,000-task job: 5-30 minutes more)
+     .venv/bin/python benchmarks/bench_step.py --quick --job --compile   (the job with `finetune --compile`)
      .venv/bin/python benchmarks/bench_step.py --profile 256   (where one fp32 step's time goes, per op)
      .venv/bin/python benchmarks/bench_step.py --threads 1 --clock cpu   (on a machine others load)
 
@@ -218,6 +219,8 @@ def main(argv=None) -> None:
                              "--threads 1: with more, waiting threads spin and count)")
     parser.add_argument("--job", action="store_true", help="also run the 1,000-task job (needs Ray)")
     parser.add_argument("--job-tasks", type=int, default=JOB_TASKS, help="tasks of the --job run")
+    parser.add_argument("--compile", action="store_true",
+                        help="the --job runs `finetune --compile` (its steps-alone figure then compiled too)")
     args = parser.parse_args(argv)
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -238,7 +241,7 @@ def main(argv=None) -> None:
     for channels in (int(c) for c in args.channels.split(",")):
         bench_steps(channels, device, rounds, peaks)
     if args.job:
-        bench_job(args.job_tasks)
+        bench_job(args.job_tasks, args.compile)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
@@ -289,9 +292,13 @@ def cli(*args, log: Path, cpu: dict | None = None) -> None:
         raise SystemExit(f"cli.py {args[0]} failed (exit {returncode}):\n" + log.read_text()[-3000:])
 
 
-def steps_alone(spec_path: Path, backbone_path: Path, tasks: int = 8) -> float:
+def steps_alone(spec_path: Path, backbone_path: Path, tasks: int = 8, compiled: bool = False) -> float:
     """Seconds of a job task's JOB_STEPS optimisation steps alone (no evaluation), one thread, in this
-    process: the training part of a task, for its fixed-cost share."""
+    process: the training part of a task, for its fixed-cost share (compiled: as `finetune --compile`
+    runs them, after a first task that compiles)."""
+    import functools
+
+    from peterrec.compiled import compiled_backbone
     from peterrec.checkpoint import load_backbone
     from peterrec.finetune import FinetuneSettings, prepare_task
     from peterrec.training import train
@@ -306,12 +313,13 @@ def steps_alone(spec_path: Path, backbone_path: Path, tasks: int = 8) -> float:
     seconds = []
     for spec in job.tasks[:tasks + 1]:
         task = prepare_task(backbone, spec, data[spec.name], sequences, settings)
-        seconds.append(train(task.model, task.arrays, task.settings.train, loss_fn=task.model.loss).seconds)
+        loss_fn = functools.partial(task.model.loss, run_backbone=compiled_backbone() if compiled else None)
+        seconds.append(train(task.model, task.arrays, task.settings.train, loss_fn=loss_fn).seconds)
     torch.set_num_threads(threads)
     return float(np.mean(seconds[1:]))  # the first warms up
 
 
-def bench_job(tasks: int) -> None:
+def bench_job(tasks: int, compiled: bool = False) -> None:
     """The job of issue 19 end to end through the CLI, on Ray: wall time and fixed-cost share."""
     import pyarrow.parquet as pq
 
@@ -320,7 +328,8 @@ def bench_job(tasks: int) -> None:
         log = tmp / "log.txt"
         data, backbone, job = tmp / "data", tmp / "backbone", tmp / "job"
         print(f"\n{tasks}-task job: synth {JOB_USERS} users, {JOB_ITEMS} items; C={JOB_CHANNELS} backbone; "
-              f"{JOB_STEPS} steps of batch {JOB_BATCH} per task, {JOB_WORKERS} workers (1 CPU each)", flush=True)
+              f"{JOB_STEPS} steps of batch {JOB_BATCH} per task, {JOB_WORKERS} workers (1 CPU each)"
+              f"{', --compile' if compiled else ''}", flush=True)
         cli("synth", "--out", data, "--tasks", tasks, "--users", JOB_USERS, "--items", JOB_ITEMS, "--seed", 0,
             log=log)
         cli("pretrain", "--data", data, "--out", backbone, "--channels", JOB_CHANNELS, "--epochs", 1,
@@ -329,7 +338,7 @@ def bench_job(tasks: int) -> None:
         cpu: dict[str, float] = {}
         cli("finetune", "--backbone", backbone, "--tasks", data, "--out", job, "--max-steps", JOB_STEPS,
             "--epochs", 1000, "--batch-size", JOB_BATCH, "--cpus-per-task", 1, "--num-cpus", JOB_WORKERS,
-            "--ui", "plain", log=log, cpu=cpu)
+            "--ui", "plain", *(["--compile"] if compiled else []), log=log, cpu=cpu)
         wall = time.perf_counter() - t0
         rows = pq.read_table(job / "results.parquet").to_pylist()
         done = [r for r in rows if r["status"] == "done"]
@@ -338,7 +347,7 @@ def bench_job(tasks: int) -> None:
         # The training loop (steps + validations) of each task, from its recorded rate: samples / rate.
         metrics = [bundle.config(r["task"])["metrics"] for r in done]
         loop = float(np.mean([m["steps"] * JOB_BATCH / m["samples_per_s"] for m in metrics]))
-        steps = steps_alone(data / "tasks.toml", backbone)
+        steps = steps_alone(data / "tasks.toml", backbone, compiled=compiled)
     print(f"  wall time {wall // 60:.0f} min {wall % 60:.0f} s for {len(done)}/{tasks} tasks done "
           f"({wall / max(len(done), 1):.2f} s per task per job, {JOB_WORKERS} workers)")
     print(f"  a task on its worker {per_task:.2f} s: its training loop (steps + validations) {loop:.2f} s, "

@@ -122,6 +122,12 @@ class TrainingSettings:
                                      "state and reductions in fp32) on CPU or CUDA. --bf16 is the old spelling of "
                                      "--precision bf16", choices=PRECISIONS, group=TRAINING)
 
+    compile: bool = setting(False, "run each task's training steps through torch.compile (its backbone and "
+                                   "patches; evaluation stays eager). It fuses the many small operations of "
+                                   "narrow backbones, but each worker first spends tens of seconds compiling, so it "
+                                   "pays for jobs of many tasks per worker (benchmarks/bench_compile.py measures "
+                                   "both). Lone tasks only: packs (--pack) run eagerly", group=TRAINING)
+
     def finetune_settings(self):
         """The peterrec.finetune.FinetuneSettings these amount to (ValueError naming a bad value)."""
         from peterrec.config import PatchConfig
@@ -132,7 +138,8 @@ class TrainingSettings:
                             insertion=self.insertion, train_layernorm2=self.train_layernorm2,
                             embedding_rank=self.embedding_rank)
         train = TrainConfig(epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr,
-                            weight_decay=self.weight_decay, seed=self.seed, precision=self.precision)
+                            weight_decay=self.weight_decay, seed=self.seed, precision=self.precision,
+                            compile=self.compile)
         return FinetuneSettings(mode=self.mode, patch=patch, train=train, finelast_blocks=self.finelast_blocks,
                                 representation=self.representation, eval_negatives=self.eval_negatives)
 

@@ -41,13 +41,16 @@ class TaskModel(nn.Module):
         cfg = self.backbone.config
         return pool(hidden, items != cfg.pad_id, self.representation, cfg.causal, self.pooling)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """items (B, L) -> user representation (B, C)."""
+    def forward(self, items: torch.Tensor, run_backbone=None) -> torch.Tensor:
+        """items (B, L) -> user representation (B, C). run_backbone(backbone, items, patches): how the
+        backbone runs (peterrec.compiled); default: eagerly."""
         items = self.backbone.trimmed(limit_items(items, self.input_len, self.backbone.config.pad_id))
-        return self.represent(self.backbone(items, self.patches), items)
+        hidden = self.backbone(items, self.patches) if run_backbone is None else \
+            run_backbone(self.backbone, items, self.patches)
+        return self.represent(hidden, items)
 
-    def loss(self, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.head.loss(self(items), labels)
+    def loss(self, items: torch.Tensor, labels: torch.Tensor, run_backbone=None) -> torch.Tensor:
+        return self.head.loss(self(items, run_backbone), labels)
 
     def scores(self, items: torch.Tensor) -> torch.Tensor:
         """Class logits (classify) or scores over the whole target vocabulary (coldrec)."""

@@ -52,6 +52,7 @@ class TrainConfig:
     # until then). None: from the `bf16` flag older configs and bundles carry.
     precision: str | None = None
     bf16: InitVar[bool | None] = None  # legacy: bf16 = true reads as precision "bf16"; readable as .bf16
+    compile: bool = False  # fine-tuning steps run the backbone through torch.compile (peterrec.compiled)
     eval_every: int = 0  # steps between evaluations; 0 = at the end of each epoch
     log_every: int = 10  # steps between progress callbacks
     keep_best: bool = True  # with an evaluation: restore the trained weights of the best one
