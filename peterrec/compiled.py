@@ -28,4 +28,11 @@ def compiled_backbone():
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True  # a compilation error falls back to eager, never fails a task
-    return torch.compile(_run, dynamic=True)
+    compiled = torch.compile(_run, dynamic=True)
+
+    def run(backbone, items, patches):
+        # torch compiles a graph of its own for a batch of one row (sizes 0 and 1 are never dynamic): an
+        # epoch's last batch may hold one row, not worth tens of seconds of compiling
+        return _run(backbone, items, patches) if items.shape[0] < 2 else compiled(backbone, items, patches)
+
+    return run
