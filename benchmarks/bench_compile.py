@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from peterrec.backbone import Backbone  # noqa: E402
-from peterrec.compiled import compiled_backbone  # noqa: E402
+from peterrec.compiled import training_loss  # noqa: E402
 from peterrec.config import BackboneConfig  # noqa: E402
 from peterrec.finetune import FinetuneSettings, prepare_task  # noqa: E402
 from peterrec.training import TrainConfig, make_optimizer, trainable_parameters  # noqa: E402
@@ -51,8 +51,7 @@ def compiled_loss(variant: str):
     """(model, items, labels) -> loss, through torch.compile as `variant` says."""
     if variant == "loss":
         return torch.compile(lambda model, items, labels: model.loss(items, labels))
-    run_backbone = compiled_backbone()  # what `finetune --compile` runs
-    return lambda model, items, labels: model.loss(items, labels, run_backbone=run_backbone)
+    return lambda model, items, labels: training_loss(model, True)(items, labels)  # what `finetune --compile` runs
 
 
 def step(loss_fn, model, optimizer, batch) -> float:

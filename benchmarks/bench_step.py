@@ -296,9 +296,7 @@ def steps_alone(spec_path: Path, backbone_path: Path, tasks: int = 8, compiled: 
     """Seconds of a job task's JOB_STEPS optimisation steps alone (no evaluation), one thread, in this
     process: the training part of a task, for its fixed-cost share (compiled: as `finetune --compile`
     runs them, after a first task that compiles)."""
-    import functools
-
-    from peterrec.compiled import compiled_backbone
+    from peterrec.compiled import training_loss
     from peterrec.checkpoint import load_backbone
     from peterrec.finetune import FinetuneSettings, prepare_task
     from peterrec.training import train
@@ -313,7 +311,7 @@ def steps_alone(spec_path: Path, backbone_path: Path, tasks: int = 8, compiled: 
     seconds = []
     for spec in job.tasks[:tasks + 1]:
         task = prepare_task(backbone, spec, data[spec.name], sequences, settings)
-        loss_fn = functools.partial(task.model.loss, run_backbone=compiled_backbone() if compiled else None)
+        loss_fn = training_loss(task.model, compiled)
         seconds.append(train(task.model, task.arrays, task.settings.train, loss_fn=loss_fn).seconds)
     torch.set_num_threads(threads)
     return float(np.mean(seconds[1:]))  # the first warms up

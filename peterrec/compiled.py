@@ -36,3 +36,9 @@ def compiled_backbone():
         return _run(backbone, items, patches) if items.shape[0] < 2 else compiled(backbone, items, patches)
 
     return run
+
+
+def training_loss(model, compile: bool):
+    """The loss a task model's training steps minimise: (items, labels) -> loss, its backbone run through
+    compiled_backbone() when `compile` (TrainConfig.compile), else eagerly."""
+    return functools.partial(model.loss, run_backbone=compiled_backbone()) if compile else model.loss

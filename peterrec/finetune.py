@@ -6,7 +6,6 @@ where the backbone comes from and where progress goes.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Iterator
 
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 
 from peterrec.backbone import Backbone
-from peterrec.compiled import compiled_backbone
+from peterrec.compiled import training_loss
 from peterrec.config import REPRESENTATIONS, PatchConfig
 from peterrec.efficiency import ParamReport, param_report
 from peterrec.modes import get_mode
@@ -265,11 +264,9 @@ def finetune_task(backbone: Backbone, task_spec, task_data, sequences, settings:
         state = load_task_state(resume_from, task.model, optimizer, hyper).state
     if on_start is not None:
         on_start(TaskRun(task, optimizer, state))
-    loss_fn = task.model.loss
-    if config.compile:  # the steps only: evaluation runs without gradients, eagerly
-        loss_fn = functools.partial(task.model.loss, run_backbone=compiled_backbone())
-    result = train(task.model, task.arrays, config, device, evaluate=task.validation(),
-                   on_progress=on_progress, loss_fn=loss_fn, optimizer=optimizer, state=state)
+    # compiled or not, only the steps: evaluation runs without gradients, eagerly
+    result = train(task.model, task.arrays, config, device, evaluate=task.validation(), on_progress=on_progress,
+                   loss_fn=training_loss(task.model, config.compile), optimizer=optimizer, state=state)
     return task.finish(result)
 
 
