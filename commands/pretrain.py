@@ -21,6 +21,7 @@ an interrupted run continues from its latest checkpoint: the same command plus -
 
 def add_arguments(parser):
     from commands._common import add_train_flags
+    from peterrec.config import DEFAULT_ITEM_INIT, ITEM_INITS
 
     parser.add_argument("--data", required=True,
                         help="a data directory (with tasks.toml), a task spec .toml, or a sequences .parquet")
@@ -40,6 +41,9 @@ def add_arguments(parser):
     parser.add_argument("--latest-only", action="store_true",
                         help="pretrain on each user's latest --max-len items only, not on windows covering the "
                              "whole history (single-process runs; Ray Train runs always use the latest)")
+    arch.add_argument("--item-init", choices=list(ITEM_INITS), default=DEFAULT_ITEM_INIT,
+                      help="how the item embedding starts: " + "; ".join(f"{k}: {v}" for k, v in ITEM_INITS.items())
+)
     arch.add_argument("--sampled-softmax", type=int_at_least(0, "0: the full softmax"), default=0, metavar="S",
                       help="train against S sampled negatives instead of the full softmax (large catalogues)")
     parser.add_argument("--valid-fraction", type=_fraction, default=0.05,
@@ -177,7 +181,7 @@ def pretrain_command(args) -> int:
         bar = TrainingBar(progress, "pretrain")
         if args.workers == 1:
             outcome = pretrain(sequences, config, train_config, args.sampled_softmax, device, args.valid_fraction,
-                               on_progress=bar, windows=not args.latest_only)
+                               on_progress=bar, windows=not args.latest_only, item_init=args.item_init)
         else:
             ray_run = pretrain_with_ray(args, sequences, config, train_config, device, bar)
             if ray_run is None:
@@ -189,7 +193,8 @@ def pretrain_command(args) -> int:
             if ray_run.resumed_from_step:
                 extra_rows.append(("resumed from step", f"{ray_run.resumed_from_step:,}"))
     info = {"pretraining": {"objective": "next-item" if config.causal else "cloze",
-                            "sampled_softmax": args.sampled_softmax, "train": train_config.to_dict(),
+                            "sampled_softmax": args.sampled_softmax, "item_init": args.item_init,
+                            "train": train_config.to_dict(),
                             "users": len(sequences), "steps": outcome.result.steps,
                             "valid_loss_before": outcome.valid_loss_before,
                             "valid_loss_after": outcome.valid_loss_after, "precision_reason": choice.reason,
@@ -241,7 +246,7 @@ def pretrain_with_ray(args, sequences, config, train_config, device, bar):
                          use_gpu=device.type == "cuda")
     try:
         return pretrain_on_ray(sequences, config, train_config, options, args.sampled_softmax,
-                               args.valid_fraction, on_progress=bar)
+                               args.valid_fraction, on_progress=bar, item_init=args.item_init)
     except (PretrainFailed, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return None

@@ -25,6 +25,8 @@ split with --select-lr. Examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from peterrec.config import DEFAULT_ITEM_INIT, ITEM_INITS
+
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--movielens", metavar="DIR",
                         help="a MovieLens 100K (u.data, u.user, u.item) or 1M (ratings.dat, users.dat) folder")
@@ -56,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--archs", default=None, help="comma-separated subset of noncausal, causal")
     grid.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs (a cap: the best "
                                                                         "validation-loss epoch is kept)")
+    grid.add_argument("--item-init", choices=list(ITEM_INITS), default=None,
+                      help=f"how the backbones' item embedding starts (as pretrain's --item-init; default "
+                           f"{DEFAULT_ITEM_INIT})")
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--num-cpus", type=int, default=None,
                          help="CPUs of the embedded Ray cluster (default: every core); one per task")
@@ -86,6 +91,8 @@ def config_from(args):
             changes[key] = names
     if args.pretrain_epochs is not None:
         changes["pretrain_epochs"] = args.pretrain_epochs
+    if args.item_init is not None:
+        changes["item_init"] = args.item_init
     return ReproduceConfig.quick(**changes) if args.quick else ReproduceConfig(**changes)
 
 
@@ -105,7 +112,8 @@ def command_line(args) -> str:
     parts = ["python cli.py reproduce", *source, "--out", str(args.out)]
     if args.quick:
         parts.append("--quick")
-    for flag in ("seeds", "folds", "select_lr", "methods", "tasks", "archs", "pretrain_epochs", "num_cpus"):
+    for flag in ("seeds", "folds", "select_lr", "methods", "tasks", "archs", "pretrain_epochs", "item_init",
+                 "num_cpus"):
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]

@@ -19,6 +19,13 @@ REPRESENTATIONS = {  # how the user vector is read off the hidden states (peterr
     "attention": "a learned attention pooling over real positions (3C parameters, trained with the head)",
 }
 AUTO_REPRESENTATION = {"classify": "mean", "coldrec": "attention"}
+# How a new backbone's item embedding starts before pretraining (peterrec.item_init).
+ITEM_INITS = {
+    "random": "normal(0, 1/C) item vectors, trained with the blocks (the paper's)",
+    "svd": "item factors of a truncated SVD of the training users' bags of items, held fixed while the blocks "
+           "pretrain (unsupervised: no labels)",
+}
+DEFAULT_ITEM_INIT = "random"  # what `pretrain` and `reproduce` use unless told (chosen on validation: RESULTS.md)
 
 
 def resolve_representation(how: str, kind: str, causal: bool) -> str:

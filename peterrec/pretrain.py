@@ -10,6 +10,7 @@ import torch
 
 from peterrec.backbone import Backbone
 from peterrec.config import BackboneConfig
+from peterrec.item_init import init_item_embedding
 from peterrec.objectives import make_objective
 from peterrec.training import Progress, TrainConfig, TrainResult, autocast_for, train
 
@@ -61,6 +62,7 @@ class PretrainOutcome:
     valid_loss_after: float
     examples: int = 0  # training sequences (or windows of them)
     curve: list[dict] = field(default_factory=list)  # per epoch, with `patience`: train and valid loss
+    item_init: str = "random"  # how the item embedding started (peterrec.item_init.ITEM_INITS)
 
     @property
     def best_epoch(self) -> int | None:
@@ -71,7 +73,7 @@ class PretrainOutcome:
         cfg = self.backbone.config
         return {"pretraining": {
             "objective": "next-item" if cfg.causal else "cloze", "sampled_softmax": sampled_softmax,
-            "train": train_config.to_dict(), "steps": self.result.steps, "examples": self.examples,
+            "item_init": self.item_init, "train": train_config.to_dict(), "steps": self.result.steps, "examples": self.examples,
             "seconds": self.result.seconds, "valid_loss_before": self.valid_loss_before,
             "valid_loss_after": self.valid_loss_after, "curve": self.curve, "best_epoch": self.best_epoch,
             **extra}}
@@ -100,9 +102,12 @@ def window_arrays(sequences, rows: np.ndarray, width: int, step: int) -> np.ndar
 def pretrain(sequences, config: BackboneConfig, train_config: TrainConfig, sampled_softmax: int = 0,
              device: torch.device | None = None, valid_fraction: float = 0.05,
              on_progress: Callable[[Progress], bool | None] | None = None,
-             backbone: Backbone | None = None, windows: bool = False, patience: int | None = None) -> PretrainOutcome:
+             backbone: Backbone | None = None, windows: bool = False, patience: int | None = None,
+             item_init: str = "random") -> PretrainOutcome:
     """Pretrain (or continue pretraining `backbone`) on every user's sequence but a validation share.
 
+    item_init: how a new backbone's item embedding starts (peterrec.item_init.ITEM_INITS; 'svd' from the
+    training users' bags of items, held fixed while the blocks train).
     windows: train on every window of each history (pretrain_arrays' width, cut every max_len items: a
     causal window overlaps the next by the one item it predicts), not only on its latest max_len items.
     patience: measure the validation loss after every epoch, keep the weights of the best epoch and stop
@@ -110,11 +115,16 @@ def pretrain(sequences, config: BackboneConfig, train_config: TrainConfig, sampl
     if sequences.vocab_size > config.vocab_size:
         raise ValueError(f"the sequences use a vocabulary of {sequences.vocab_size} items but the backbone "
                          f"has vocab_size {config.vocab_size}")
+    if backbone is not None and item_init != "random":
+        raise ValueError(f"item_init {item_init!r} starts a new backbone; continuing one keeps its embedding")
     device = device or torch.device("cpu")
     torch.manual_seed(train_config.seed)
-    backbone = (backbone or Backbone(config)).to(device)
-    objective = make_objective(backbone, sampled_softmax).to(device)
     train_rows, valid_rows = split_users(len(sequences), valid_fraction, train_config.seed)
+    if backbone is None:
+        backbone = Backbone(config)
+        init_item_embedding(backbone, item_init, sequences, train_rows, train_config.seed)
+    backbone = backbone.to(device)
+    objective = make_objective(backbone, sampled_softmax).to(device)
     valid_items = pretrain_arrays(sequences, config, valid_rows)  # the latest window of held-out users
     if windows:
         train_items = window_arrays(sequences, train_rows, valid_items.shape[1], config.max_len)
@@ -138,7 +148,7 @@ def pretrain(sequences, config: BackboneConfig, train_config: TrainConfig, sampl
     after = mean_loss(objective, valid_items, device, precision=precision)
     curve = [{"epoch": h["epoch"] + 1, "step": h["step"], "train_loss": h["loss"], "valid_loss": -h["metric"]}
              for h in result.history]
-    return PretrainOutcome(backbone, objective, result, before, after, len(train_items), curve)
+    return PretrainOutcome(backbone, objective, result, before, after, len(train_items), curve, item_init)
 
 
 def measure_precision(sequences, config: BackboneConfig, train_config: TrainConfig, sampled_softmax: int = 0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from peterrec.config import DEFAULT_ITEM_INIT, ITEM_INITS
 from peterrec.modes import MODES
 
 ARCHS = ("noncausal", "causal")  # the paper's Table 3 is the non-causal one: it comes first
@@ -85,6 +86,7 @@ class ReproduceConfig:
     pretrain_valid_fraction: float = 0.05
     pretrain_seed: int = 0
     pretrain_windows: bool = True  # every max_len window of a sequence is an example, not only the latest
+    item_init: str = DEFAULT_ITEM_INIT  # how the item embedding starts (peterrec.item_init.ITEM_INITS)
     # fine-tuning: epochs are a cap, the best validation epoch is kept
     epochs_classify: int = 8
     epochs_coldrec: int = 20
@@ -110,6 +112,8 @@ class ReproduceConfig:
                             f"(got {self.fold_valid_fraction})")
         if not self.tasks:  # names: MovieLens' (GRID_TASKS) or a data directory's, checked against its spec
             problems.append("tasks must not be empty")
+        if self.item_init not in ITEM_INITS:
+            problems.append(f"item_init must be one of {', '.join(ITEM_INITS)} (got {self.item_init!r})")
         for what, values, allowed in (("methods", self.methods, known), ("archs", self.archs, set(ARCHS))):
             unknown = [v for v in values if v not in allowed]
             if unknown or not values:
@@ -141,7 +145,7 @@ class ReproduceConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ReproduceConfig":
-        return cls(**d)
+        return cls(**{"item_init": "random", **d})  # reproductions recorded before the setting existed
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def pretrain_backbones(spec_path: Path, out: Path, config: ReproduceConfig, resu
                                lr=config.pretrain_lr, seed=config.pretrain_seed, keep_best=True)
     runs = {arch: {"config": backbone_config(config, arch, job.vocab_size), "train_config": train_config,
                    "valid_fraction": config.pretrain_valid_fraction, "windows": config.pretrain_windows,
-                   "patience": config.pretrain_patience} for arch in todo}
+                   "patience": config.pretrain_patience, "item_init": config.item_init} for arch in todo}
     log(f"pretraining {', '.join(todo)} backbone(s) on {len(sequences):,} users, {job.vocab_size - 1:,} items, "
         f"{config.pretrain_epochs} epochs each, side by side")
     for arch, outcome in pretrain_side_by_side(sequences, runs):

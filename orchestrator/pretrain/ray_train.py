@@ -84,13 +84,13 @@ def rank_batch_size(batch_size: int, world: int) -> int:
 
 
 def run_settings(sequences, config, train_config, workers: int, sampled_softmax: int,
-                 valid_fraction: float) -> dict:
+                 valid_fraction: float, item_init: str = "random") -> dict:
     """What a resumed run must share with the run it continues (the data by content)."""
     digest = hashlib.sha256(np.ascontiguousarray(sequences.offsets).tobytes())
     digest.update(np.ascontiguousarray(sequences.items).tobytes())
     return {"format": "peterrec-pretrain-run", "version": 1, "backbone": config.to_dict(),
             "train": train_config.to_dict(), "workers": workers, "sampled_softmax": sampled_softmax,
-            "valid_fraction": valid_fraction,
+            "valid_fraction": valid_fraction, "item_init": item_init,
             "data": {"users": len(sequences), "vocab_size": sequences.vocab_size, "sha256": digest.hexdigest()}}
 
 
@@ -108,6 +108,7 @@ def prepare_storage(storage: Path, settings: dict, resume: bool, force: bool) ->
                                     f"to start one)") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{saved_path}: not valid JSON ({e})") from None
+        saved = {"item_init": "random", **saved}  # runs started before the setting existed
         changed = [f"{key}: {saved.get(key)!r} -> {settings[key]!r}" for key in settings
                    if key != "train" and saved.get(key) != settings[key]]
         old_train = saved.get("train", {})
@@ -134,8 +135,10 @@ class RayPretrainOutcome:
 
 
 def pretrain_on_ray(sequences, config, train_config, options: RayOptions, sampled_softmax: int = 0,
-                    valid_fraction: float = 0.05, on_progress: Callable | None = None) -> RayPretrainOutcome:
-    """Pretrain `config` on `sequences` with options.workers DDP workers; blocks until done.
+                    valid_fraction: float = 0.05, on_progress: Callable | None = None,
+                    item_init: str = "random") -> RayPretrainOutcome:
+    """Pretrain `config` on `sequences` with options.workers DDP workers; blocks until done. item_init as
+    peterrec.pretrain.pretrain's (every worker computes the same start from the same training users).
 
     Raises FileExistsError / FileNotFoundError / ValueError for settings a user can fix (before Ray
     starts), ConnectionError when --address cannot be joined, PretrainFailed when the run fails.
@@ -143,7 +146,8 @@ def pretrain_on_ray(sequences, config, train_config, options: RayOptions, sample
     if sequences.vocab_size > config.vocab_size:
         raise ValueError(f"the sequences use a vocabulary of {sequences.vocab_size} items but the backbone "
                          f"has vocab_size {config.vocab_size}")
-    settings = run_settings(sequences, config, train_config, options.workers, sampled_softmax, valid_fraction)
+    settings = run_settings(sequences, config, train_config, options.workers, sampled_softmax, valid_fraction,
+                            item_init)
     prepare_storage(options.storage, settings, options.resume, options.force)
 
     from orchestrator.cluster import connect
@@ -152,7 +156,7 @@ def pretrain_on_ray(sequences, config, train_config, options: RayOptions, sample
     cluster = connect(options.address, num_cpus=embedded_cpus)
     try:
         _check_fits(cluster.resources(), options)
-        return _fit(sequences, config, train_config, options, sampled_softmax, valid_fraction, on_progress)
+        return _fit(sequences, config, train_config, options, sampled_softmax, valid_fraction, on_progress, item_init)
     finally:
         cluster.shutdown()
 
@@ -167,7 +171,7 @@ def _check_fits(resources: dict, options: RayOptions) -> None:
 
 
 def _fit(sequences, config, train_config, options: RayOptions, sampled_softmax: int, valid_fraction: float,
-         on_progress: Callable | None) -> RayPretrainOutcome:
+         on_progress: Callable | None, item_init: str) -> RayPretrainOutcome:
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -188,7 +192,8 @@ def _fit(sequences, config, train_config, options: RayOptions, sampled_softmax: 
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"data": data, "hub": hub, "backbone": config.to_dict(),
-                           "train": worker_train.to_dict(), "sampled_softmax": sampled_softmax},
+                           "train": worker_train.to_dict(), "sampled_softmax": sampled_softmax,
+                           "item_init": item_init},
         scaling_config=ray.train.ScalingConfig(num_workers=options.workers, use_gpu=options.use_gpu),
         run_config=ray.train.RunConfig(
             name=RUN_NAME, storage_path=str(options.storage),
@@ -216,7 +221,7 @@ def _fit(sequences, config, train_config, options: RayOptions, sampled_softmax: 
     train_result = TrainResult(summary["steps"], summary["final_loss"], None, summary["seconds"],
                                summary["samples_per_s"], False, summary["history"])
     outcome = PretrainOutcome(backbone, objective.eval(), train_result, summary["valid_loss_before"],
-                              summary["valid_loss_after"])
+                              summary["valid_loss_after"], item_init=item_init)
     return RayPretrainOutcome(outcome, summary["start_step"], options.storage, result.checkpoint.path)
 
 
@@ -273,6 +278,7 @@ def train_worker(config: dict) -> dict | None:
     from orchestrator.shared import SequenceArrays
     from peterrec.backbone import Backbone
     from peterrec.config import BackboneConfig
+    from peterrec.item_init import init_item_embedding
     from peterrec.objectives import make_objective
     from peterrec.pretrain import mean_loss, pretrain_arrays
     from peterrec.task_state import load_train_state
@@ -292,7 +298,10 @@ def train_worker(config: dict) -> dict | None:
     valid_items = pretrain_arrays(sequences, backbone_config, data["valid_rows"]) if rank == 0 else None
 
     torch.manual_seed(train_config.seed)
-    objective = make_objective(Backbone(backbone_config), config["sampled_softmax"])
+    backbone = Backbone(backbone_config)
+    # Before a checkpoint's weights replace it: a frozen embedding stays frozen in a resumed run too.
+    init_item_embedding(backbone, config["item_init"], sequences, data["train_rows"], train_config.seed)
+    objective = make_objective(backbone, config["sampled_softmax"])
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a resumed run (or a restart after a failure): Ray Train's latest
         with checkpoint.as_directory() as directory:
