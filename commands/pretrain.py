@@ -202,6 +202,7 @@ def pretrain_command(args) -> int:
     save_checkpoint(out, outcome.backbone, outcome.objective.output, info, force=args.force)
     table = Table(title="pretraining summary", show_header=False)
     for key, value in [("checkpoint", str(out)), ("architecture", config.arch),
+                       ("item embedding start", args.item_init),
                        ("backbone parameters", f"{count_parameters(outcome.backbone):,}"),
                        ("steps", f"{outcome.result.steps:,}"), ("seconds", f"{outcome.result.seconds:.1f}"),
                        ("samples/s", f"{outcome.result.samples_per_s:,.0f}"),

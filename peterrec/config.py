@@ -25,7 +25,7 @@ ITEM_INITS = {
     "svd": "item factors of a truncated SVD of the training users' bags of items, held fixed while the blocks "
            "pretrain (unsupervised: no labels)",
 }
-DEFAULT_ITEM_INIT = "random"  # what `pretrain` and `reproduce` use unless told (chosen on validation: RESULTS.md)
+DEFAULT_ITEM_INIT = "svd"  # what `pretrain` and `reproduce` use unless told (chosen on validation: docs/RESULTS.md)
 
 
 def resolve_representation(how: str, kind: str, causal: bool) -> str:

@@ -168,10 +168,11 @@ def table_markdown(summary: dict, config, command: str = "", pretraining: dict[s
                 "Paired differences (a - b on the same test users; 95% bootstrap CI; * = significant, the CI "
                 "excludes 0):", "", diff_table(summary, arch, list(config.tasks)), ""]
     if pretraining:
-        out += ["## Pretraining", "", "| Backbone | objective | examples | epochs run | best epoch | "
-                "validation loss (start -> best) | seconds |", "|---|---|---:|---:|---:|---:|---:|"]
+        out += ["## Pretraining", "", "| Backbone | objective | item embedding start | examples | epochs run | "
+                "best epoch | validation loss (start -> best) | seconds |", "|---|---|---|---:|---:|---:|---:|---:|"]
         for arch, p in pretraining.items():
-            out.append(f"| {arch} | {p.get('objective', '')} | {p.get('examples', '')} | {len(p.get('curve', []))} "
+            out.append(f"| {arch} | {p.get('objective', '')} | {p.get('item_init', 'random')} | "
+                       f"{p.get('examples', '')} | {len(p.get('curve', []))} "
                        f"| {p.get('best_epoch')} | {p['valid_loss_before']:.3f} -> {p['valid_loss_after']:.3f} | "
                        f"{p['seconds']:.0f} |")
         out.append("")

@@ -57,18 +57,38 @@ def pretrain(*args) -> int:
     return cli.main(["pretrain", *map(str, args)])
 
 
+def vectors_of(backbone) -> np.ndarray:
+    return backbone.embedding.weight.detach().numpy()[:-1]  # without the [MASK] row
+
+
+def svd_start(data: Path, seen_rows: int):
+    """The SVD start of the run's training users (peterrec.item_init)."""
+    from orchestrator.settings import resolve_spec
+    from peterrec.item_init import svd_item_vectors
+    from peterrec.pretrain import split_users
+    from tasks import load_spec, read_sequences
+
+    spec = load_spec(resolve_spec(data))
+    sequences = read_sequences(spec.sequences, spec.vocab_size)
+    vectors, seen = svd_item_vectors(sequences, split_users(len(sequences), 0.05, 0)[0], 8)
+    assert len(vectors) == seen_rows
+    return vectors, seen
+
+
 def ray_checkpoints(storage: Path) -> list[Path]:
     return sorted(p for p in (storage / RUN_NAME).glob("checkpoint_*") if p.is_dir())
 
 
 def test_two_workers_stop_after_an_epoch_then_resume_to_the_end(data, ray_cluster, tmp_path, capsys):
     """Cloze, so every step draws its masks from each rank's RNG: the resumed run ends with the very tensors
-    of an uninterrupted one (each rank's RNG state is in the checkpoint; issue 16)."""
+    of an uninterrupted one (each rank's RNG state is in the checkpoint; issue 16). With --item-init svd: the
+    item embedding is the SVD start in every checkpoint (frozen, a resumed run included)."""
     out = tmp_path / "backbone"
     storage = default_storage(out)
 
     # An interrupted run: it stops after its first epoch (of 3) and leaves that epoch's checkpoint.
-    args = ["--data", data, "--out", out, "--workers", 2, "--epochs", 3, *TINY, "--arch", "noncausal"]
+    args = ["--data", data, "--out", out, "--workers", 2, "--epochs", 3, *TINY, "--arch", "noncausal",
+            "--item-init", "svd"]
     assert pretrain(*args, "--max-steps", STEPS_PER_EPOCH) == 0
     first = json.loads((out / "config.json").read_text())["pretraining"]
     assert first["steps"] == STEPS_PER_EPOCH and first["workers"] == 2 and first["resumed_from_step"] == 0
@@ -96,7 +116,10 @@ def test_two_workers_stop_after_an_epoch_then_resume_to_the_end(data, ray_cluste
     assert json.loads((latest / STATE_FILE).read_text())["step"] == 3 * STEPS_PER_EPOCH
     resumed, config = load_backbone(out)
     assert fingerprint(resumed) == fingerprint(load_backbone(latest)[0]) != fingerprint(backbone)
-    assert config["backbone"]["channels"] == 8
+    assert config["backbone"]["channels"] == 8 and info["item_init"] == "svd"
+    vectors, seen = svd_start(data, seen_rows=len(vectors_of(resumed)))
+    assert np.allclose(vectors_of(resumed)[seen], vectors[seen]) and np.allclose(vectors_of(backbone)[seen],
+                                                                                   vectors[seen])
 
     # The same three epochs in one go: bit for bit the same backbone and output layer.
     whole = tmp_path / "whole"
