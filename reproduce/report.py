@@ -37,7 +37,7 @@ def _pct(value: float) -> str:
 
 NO_MODEL = {"classify": "majority", "coldrec": "popularity"}
 STRONG = {"classify": "bag_lr", "coldrec": "item_knn"}
-REFERENCE = "peterrec_serial"  # the method every other row is compared with
+REFERENCES = ("peterrec_serial", "peterrec_parallel")  # the methods every other row is compared with
 
 
 def _aligned(records: list[dict]) -> dict[tuple[int, int], tuple[int, float]]:
@@ -75,9 +75,11 @@ def summarise(rows: list[dict], per_row: list[dict], config, seed: int = 0) -> d
                 summary["ratio"] = float(np.mean([r["ratio_vs_fineall"] for r in mine])) if mine else None
                 cells[arch, task, name] = summary
             kind = kinds.get(task, "classify")
-            pairs = [(REFERENCE, m) for m in [*config.methods, *baselines] if m != REFERENCE]
-            pairs += [(m, NO_MODEL[kind]) for m in config.methods if m != REFERENCE]
-            pairs += [(m, STRONG[kind]) for m in config.methods if m != REFERENCE]
+            references = [m for m in REFERENCES if m in config.methods]
+            pairs = [(ref, m) for i, ref in enumerate(references)
+                     for m in [*config.methods, *baselines] if m not in references[:i + 1]]
+            pairs += [(m, NO_MODEL[kind]) for m in config.methods if m not in references]
+            pairs += [(m, STRONG[kind]) for m in config.methods if m not in references]
             out = []
             for a, b in dict.fromkeys(pairs):
                 if a not in series or b not in series:

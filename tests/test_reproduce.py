@@ -112,6 +112,10 @@ def test_tables_give_every_method_and_baseline_a_ci_and_paired_differences_marks
     assert diffs["peterrec_serial", "fineall"]["significant"] and diffs["peterrec_serial", "fineall"]["diff"] < 0
     assert not diffs["peterrec_serial", "majority"]["significant"]
     assert diffs["fineall", "majority"]["significant"] and ("fineall", "bag_lr") in diffs
+    # Both PeterRec variants are compared with every other method, once per pair.
+    assert diffs["peterrec_parallel", "fineall"]["significant"] and ("peterrec_parallel", "peterzero") in diffs
+    assert ("peterrec_serial", "peterrec_parallel") in diffs and ("peterrec_parallel", "peterrec_serial") not in diffs
+    assert len(diffs) == len(summary["diffs"]["causal", "age"])
     text = table_markdown(summary, config, rows=rows)
     assert text.index("Non-causal") < text.index("Causal backbone")
     table = arch_table(summary, "causal", methods, ["gender", "age"])
