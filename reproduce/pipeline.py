@@ -238,6 +238,11 @@ def prepare_out(out: Path, config: ReproduceConfig, resume: bool, force: bool, s
         if not saved.exists():
             raise FileNotFoundError(f"{saved}: not found, nothing to resume (run without --resume)")
         earlier = json.loads(saved.read_text())
+        # The same data however it was reached (another working directory), and the settings as read today
+        # (a run recorded before a setting existed has its old value).
+        earlier = {"config": ReproduceConfig.from_dict(earlier["config"]).to_dict(),
+                   "movielens": str(Path(earlier["movielens"]).resolve())}
+        record = {**record, "movielens": str(Path(source).resolve())}
         if earlier != record:
             changed = sorted(k for k in set(earlier["config"]) | set(record["config"])
                              if earlier["config"].get(k) != record["config"].get(k))

@@ -1,6 +1,7 @@
 """`reproduce`: the grid, the settings record, the tables and the plot from result rows (no data needed),
 and the real command's smoke variant (`--quick`) on MovieLens 100K where ../shared/data/ml-100k exists."""
 
+import json
 import os
 from pathlib import Path
 
@@ -91,9 +92,23 @@ def test_out_is_refused_reused_or_cleared(tmp_path):
     with pytest.raises(ValueError, match="seeds"):
         prepare_out(out, ReproduceConfig.quick(seeds=2), resume=True, force=False, source="ml")
     prepare_out(out, config, resume=True, force=False, source="ml")
+    prepare_out(out, config, resume=True, force=False, source=str(Path("x", "..", "ml").absolute()))  # same data
+    with pytest.raises(ValueError, match="data"):
+        prepare_out(out, config, resume=True, force=False, source="other")
     assert (out / "results.md").exists()
     prepare_out(out, config, resume=False, force=True, source="ml")
     assert not (out / "results.md").exists() and (out / "mine.txt").exists()
+
+
+def test_a_run_recorded_before_item_init_resumes_as_random(tmp_path):
+    out = tmp_path / "out"
+    prepare_out(out, ReproduceConfig.quick(item_init="random"), resume=False, force=False, source="ml")
+    record = json.loads((out / "reproduce.json").read_text())
+    del record["config"]["item_init"]
+    (out / "reproduce.json").write_text(json.dumps(record))
+    prepare_out(out, ReproduceConfig.quick(item_init="random"), resume=True, force=False, source="ml")
+    with pytest.raises(ValueError, match="item_init"):
+        prepare_out(out, ReproduceConfig.quick(item_init="svd"), resume=True, force=False, source="ml")
 
 
 def test_tables_give_every_method_and_baseline_a_ci_and_paired_differences_marks():
