@@ -42,8 +42,8 @@ def add_arguments(parser):
                         help="pretrain on each user's latest --max-len items only, not on windows covering the "
                              "whole history (single-process runs; Ray Train runs always use the latest)")
     arch.add_argument("--item-init", choices=list(ITEM_INITS), default=DEFAULT_ITEM_INIT,
-                      help="how the item embedding starts: " + "; ".join(f"{k}: {v}" for k, v in ITEM_INITS.items())
-)
+                      help="how the item embedding starts: "
+                           + "; ".join(f"{name}: {what}" for name, what in ITEM_INITS.items()))
     arch.add_argument("--sampled-softmax", type=int_at_least(0, "0: the full softmax"), default=0, metavar="S",
                       help="train against S sampled negatives instead of the full softmax (large catalogues)")
     parser.add_argument("--valid-fraction", type=_fraction, default=0.05,

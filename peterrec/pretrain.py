@@ -73,7 +73,8 @@ class PretrainOutcome:
         cfg = self.backbone.config
         return {"pretraining": {
             "objective": "next-item" if cfg.causal else "cloze", "sampled_softmax": sampled_softmax,
-            "item_init": self.item_init, "train": train_config.to_dict(), "steps": self.result.steps, "examples": self.examples,
+            "item_init": self.item_init, "train": train_config.to_dict(), "steps": self.result.steps,
+            "examples": self.examples,
             "seconds": self.result.seconds, "valid_loss_before": self.valid_loss_before,
             "valid_loss_after": self.valid_loss_after, "curve": self.curve, "best_epoch": self.best_epoch,
             **extra}}
