@@ -19,19 +19,27 @@ SVD_OVERSAMPLING = 10  # extra random directions for torch.svd_lowrank's range f
 SVD_ITERATIONS = 6  # its power iterations: the leading factors converge to a few decimals
 
 
+def user_items(sequences, rows: np.ndarray, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row, item) int64 arrays: every item the users of `rows` have (of their latest `last` items), each pair
+    once, sorted by row (0..len(rows)-1) then item; padding (item 0) never. The bag of items of a user x item
+    matrix, for this module's SVD and for reproduce's baselines."""
+    rows = np.asarray(rows, dtype=np.int64)
+    offsets = np.asarray(sequences.offsets, dtype=np.int64)
+    ends = offsets[rows + 1]
+    starts = offsets[rows] if not last else np.maximum(offsets[rows], ends - last)
+    lengths = ends - starts
+    row = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    flat = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+    pairs = np.unique(row * np.int64(sequences.vocab_size) + np.asarray(sequences.items, dtype=np.int64)[flat])
+    row, items = pairs // sequences.vocab_size, pairs % sequences.vocab_size
+    keep = items != 0
+    return row[keep], items[keep]
+
+
 def bag_of_items(sequences, rows: np.ndarray) -> torch.Tensor:
     """(len(rows), vocab_size) sparse user x item matrix: 1 where the user has the item (repeats count
     once), each row scaled to unit length so that long histories do not dominate the factors."""
-    rows = np.asarray(rows, dtype=np.int64)
-    starts, ends = sequences.offsets[rows], sequences.offsets[rows + 1]
-    lengths = ends - starts
-    user = np.repeat(np.arange(len(rows)), lengths)
-    flat = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else np.zeros(0, np.int64)
-    items = np.asarray(sequences.items, dtype=np.int64)[flat]
-    pairs = np.unique(user * np.int64(sequences.vocab_size) + items)  # one entry per (user, item)
-    user, items = pairs // sequences.vocab_size, pairs % sequences.vocab_size
-    keep = items != 0  # item 0 is padding
-    user, items = user[keep], items[keep]
+    user, items = user_items(sequences, rows)
     per_user = np.bincount(user, minlength=len(rows)).astype(np.float64)
     values = 1.0 / np.sqrt(per_user[user])
     return torch.sparse_coo_tensor(torch.as_tensor(np.stack([user, items])), torch.as_tensor(values),

@@ -9,6 +9,7 @@ import itertools
 import numpy as np
 import scipy.sparse as sp
 
+from peterrec.item_init import user_items
 from peterrec.metrics import row_values, sample_negatives
 
 LR_C = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # inverse weight decay, chosen on validation
@@ -24,14 +25,8 @@ BASELINES = {
 
 def bag_of_items(sequences, rows: np.ndarray, last: int | None = None) -> sp.csr_matrix:
     """(len(rows), vocab) binary user x source-item matrix over each history (or its latest `last` items)."""
-    chunks = [np.asarray(sequences.sequence(int(r)), dtype=np.int64) for r in rows]
-    chunks = [c[-last:] if last else c for c in chunks]
-    indptr = np.concatenate([[0], np.cumsum([len(c) for c in chunks])])
-    indices = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
-    x = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(rows), sequences.vocab_size))
-    x.sum_duplicates()
-    x.data[:] = 1.0
-    return x
+    user, items = user_items(sequences, rows, last)
+    return sp.csr_matrix((np.ones(len(user)), (user, items)), shape=(len(rows), sequences.vocab_size))
 
 
 def bag_lr(sequences, data, seed: int = 0) -> tuple[np.ndarray, dict]:

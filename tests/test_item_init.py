@@ -11,7 +11,7 @@ import cli
 from peterrec.backbone import Backbone
 from peterrec.checkpoint import load_backbone
 from peterrec.config import BackboneConfig
-from peterrec.item_init import bag_of_items, init_item_embedding, svd_item_vectors
+from peterrec.item_init import bag_of_items, init_item_embedding, svd_item_vectors, user_items
 from peterrec.pretrain import pretrain, split_users
 from peterrec.training import TrainConfig
 from tasks.sequences import Sequences
@@ -105,3 +105,11 @@ def test_pretrain_command_takes_item_init(tmp_path, capsys):
         cli.main(["pretrain", "--data", str(data), "--out", str(tmp_path / "x"), "--item-init", "pca"])
     assert exit_.value.code == 2
     assert "--item-init" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_user_items_reads_each_users_latest_items_once():
+    sequences = Sequences.from_lists(["a", "b", "c"], [[3, 3, 5, 2], [1], [4, 4]], vocab_size=6)
+    rows, items = user_items(sequences, np.array([2, 0]))
+    assert rows.tolist() == [0, 1, 1, 1] and items.tolist() == [4, 2, 3, 5]
+    rows, items = user_items(sequences, np.array([0, 1]), last=2)
+    assert rows.tolist() == [0, 0, 1] and items.tolist() == [2, 5, 1]
