@@ -192,13 +192,8 @@ def pretrain_command(args) -> int:
             extra_rows = [("workers", str(args.workers)), ("ray storage", str(ray_run.storage))]
             if ray_run.resumed_from_step:
                 extra_rows.append(("resumed from step", f"{ray_run.resumed_from_step:,}"))
-    info = {"pretraining": {"objective": "next-item" if config.causal else "cloze",
-                            "sampled_softmax": args.sampled_softmax, "item_init": args.item_init,
-                            "train": train_config.to_dict(),
-                            "users": len(sequences), "steps": outcome.result.steps,
-                            "valid_loss_before": outcome.valid_loss_before,
-                            "valid_loss_after": outcome.valid_loss_after, "precision_reason": choice.reason,
-                            **extra_info}}
+    info = outcome.info(train_config, args.sampled_softmax, users=len(sequences), precision_reason=choice.reason,
+                        **extra_info)
     save_checkpoint(out, outcome.backbone, outcome.objective.output, info, force=args.force)
     table = Table(title="pretraining summary", show_header=False)
     for key, value in [("checkpoint", str(out)), ("architecture", config.arch),
