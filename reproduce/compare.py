@@ -17,23 +17,43 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.errors import DataError
+
 SAME_FOLDS = ("folds", "fold_seed", "fold_valid_fraction", "import_seed", "eval_negatives", "tasks")
 
 
+COLUMNS = {"results.parquet": ("arch", "task", "method", "fold", "seed", "status", "valid_value"),
+           "per_row.parquet": ("arch", "task", "method", "fold", "index", "user", "value")}
+
+
 def load_run(out: Path) -> dict:
-    """A reproduction's config, cells (results.parquet) and test rows (per_row.parquet)."""
+    """A reproduction's config, cells (results.parquet) and test rows (per_row.parquet); DataError naming
+    the file (and field) when one is missing or not what reproduce writes."""
     import pyarrow.parquet as pq
 
-    files = {name: out / name for name in ("reproduce.json", "results.parquet", "per_row.parquet")}
+    from reproduce.grid import ReproduceConfig
+
+    files = {name: out / name for name in ("reproduce.json", *COLUMNS)}
     missing = [str(path) for path in files.values() if not path.exists()]
     if missing:
         raise FileNotFoundError(f"{out}: not a finished reproduction (missing {', '.join(missing)})")
-    from reproduce.grid import ReproduceConfig
-
-    config = json.loads(files["reproduce.json"].read_text())["config"]
-    return {"config": ReproduceConfig.from_dict(config).to_dict(),  # settings recorded before a field existed
-            "cells": pq.read_table(files["results.parquet"]).to_pylist(),
-            "rows": pq.read_table(files["per_row.parquet"]).to_pylist()}
+    path = files["reproduce.json"]
+    try:
+        config = ReproduceConfig.from_dict(json.loads(path.read_text())["config"]).to_dict()
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise DataError(path, f"not a reproduction's settings ({type(e).__name__}: {e})", field="config") from None
+    tables = {}
+    for name, columns in COLUMNS.items():
+        try:
+            table = pq.read_table(files[name])
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(files[name], f"not a Parquet table ({e})") from None
+        absent = [c for c in columns if c not in table.column_names]
+        if absent:
+            raise DataError(files[name], "a column reproduce writes is missing", field=absent[0])
+        tables[name] = table.to_pylist()
+    # settings recorded before a field existed read as its old value
+    return {"config": config, "cells": tables["results.parquet"], "rows": tables["per_row.parquet"]}
 
 
 def differing_settings(a: dict, b: dict) -> list[str]:
@@ -110,10 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     try:
+        if args.out:
+            from tasks.paths import check_apart
+
+            check_apart(args.out, "--out", {"A": args.a, "B": args.b})
         runs = load_run(args.a), load_run(args.b)
         settings = differing_settings(*runs)
         text = markdown(compare(*runs), (str(args.a), str(args.b)), settings)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.out:

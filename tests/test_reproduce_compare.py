@@ -60,3 +60,22 @@ def test_runs_recorded_before_item_init_read_as_random(recorded):
     config = ReproduceConfig().to_dict()
     del config["item_init"]
     assert ReproduceConfig.from_dict({**config, **recorded}).item_init == "random"
+
+
+def test_bad_run_files_and_an_out_inside_a_run_are_named(tmp_path, capsys):
+    a = write_run(tmp_path / "a", "random", [0.4, 0.5], correct_every=4)
+    b = write_run(tmp_path / "b", "svd", [0.45, 0.48], correct_every=2)
+    assert main([str(a), str(b), "--out", str(a / "cmp.md")]) == 2  # never write into an input
+    assert "--out lies inside the input A" in capsys.readouterr().err and not (a / "cmp.md").exists()
+    (b / "reproduce.json").write_text("{not json")
+    assert main([str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {b / 'reproduce.json'}: field 'config':") and "Traceback" not in err
+    write_run(tmp_path / "c", "svd", [0.45, 0.48], correct_every=2)
+    table = pq.read_table(tmp_path / "c" / "per_row.parquet").drop(["user"])
+    pq.write_table(table, tmp_path / "c" / "per_row.parquet")
+    assert main([str(a), str(tmp_path / "c")]) == 2
+    assert f"{tmp_path / 'c' / 'per_row.parquet'}: field 'user':" in capsys.readouterr().err
+    (tmp_path / "c" / "results.parquet").write_bytes(b"not parquet")
+    assert main([str(a), str(tmp_path / "c")]) == 2
+    assert "results.parquet: not a Parquet table" in capsys.readouterr().err
